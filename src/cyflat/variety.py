@@ -1,0 +1,465 @@
+"""Calabi-Yau hypersurfaces X = {Q(z; psi) = 0} in P^n and sampling points on them.
+
+Conventions (``shared/spec/conventions.md``):
+
+* ``zs`` (..., n) are affine coordinates in patch ``patch`` (..., int32), the patch
+  being a homogeneous index.  The default patch is ``argmax_i |z_i|``.
+* ``dependent`` (..., int32) is an *affine* index: the coordinate that the defining
+  equation determines.  The default is the affine index with the largest ``|dQ/dz_j|``.
+  The remaining ``d = n - 1`` affine coordinates are the local coordinates on X.
+* ``jacobian_embed`` is the (..., d, n) Jacobian ``dz_j / dx_a`` of X -> affine chart.
+  An ambient hermitian metric ``G`` (..., n, n) pulls back to ``J G J^dagger``.
+* The holomorphic top form is ``Omega = dx / (dQ/dz_dependent)``, so
+  ``|Omega|^2 = 1 / |dQ/dz_dependent|^2``.
+* Moduli ``params`` are complex arrays (..., m); leading axes broadcast against the
+  points' batch axes with numpy rules.
+
+Sampling intersects X with random lines p + t q (p, q uniform on the unit sphere of
+C^{n+1}): the n+1 intersection points are distributed by the Fubini-Study volume of X.
+The Monte Carlo weight ``w = |Omega|^2 / det g_FS|_X`` turns means over samples into
+integrals against ``dvol_Omega``: ``int_X f dvol_Omega ~= vol_fs * mean(f w)``.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from . import projective as proj
+from .polynomial import Polynomial
+from .random import uniform_complex_sphere
+from .roots import polyroots, projective_roots
+
+__all__ = [
+    "Dwork",
+    "Fermat",
+    "Hypersurface",
+    "MCEstimate",
+    "Sample",
+    "TwoParameterQuintic",
+    "VarietySingle",
+    "det_small",
+    "newton_distance",
+]
+
+
+class Sample(NamedTuple):
+    """Points on X: the one structure where geometry and learning meet.
+
+    Attributes:
+        zs: complex (..., N, n) affine coordinates.
+        patch: int32 (..., N) homogeneous index of the patch (``z_patch = 1``).
+        dependent: int32 (..., N) affine index of the dependent coordinate.
+        weights: real (..., N) Monte Carlo weights ``|Omega|^2 / det g_FS``; 0 marks a
+            point that could not be computed (see ``n_failed``).
+        n_failed: int32 (...) number of intersection points rejected (not finite,
+            Newton residual above tolerance, root finder not converged); rejected
+            points are replaced by points from spare lines, and only when the spares
+            run out are they returned with weight 0.
+    """
+
+    zs: jax.Array
+    patch: jax.Array
+    dependent: jax.Array
+    weights: jax.Array
+    n_failed: jax.Array
+
+
+class MCEstimate(NamedTuple):
+    """A Monte Carlo estimate: value, standard error, effective sample size
+    ``(sum w)^2 / sum w^2`` and the number of points left out as invalid."""
+
+    value: jax.Array
+    stderr: jax.Array
+    ess: jax.Array
+    n_failed: jax.Array
+
+    def __float__(self):
+        return float(self.value)
+
+
+def det_small(m):
+    """Determinant of square matrices (..., d, d); explicit for d <= 3 (fast on CPU)."""
+    d = m.shape[-1]
+    if d == 1:
+        return m[..., 0, 0]
+    if d == 2:
+        return m[..., 0, 0] * m[..., 1, 1] - m[..., 0, 1] * m[..., 1, 0]
+    if d == 3:
+        return (
+            m[..., 0, 0] * (m[..., 1, 1] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 1])
+            - m[..., 0, 1] * (m[..., 1, 0] * m[..., 2, 2] - m[..., 1, 2] * m[..., 2, 0])
+            + m[..., 0, 2] * (m[..., 1, 0] * m[..., 2, 1] - m[..., 1, 1] * m[..., 2, 0])
+        )
+    return jnp.linalg.det(m)
+
+
+def newton_distance(value, grad, z):
+    """``|Q(z)| / (|grad Q(z)| |z|)``: distance of a homogeneous point to X to first order."""
+    return jnp.abs(value) / (jnp.linalg.norm(grad, axis=-1) * jnp.linalg.norm(z, axis=-1))
+
+
+def _residual_tol(dtype):
+    eps = float(jnp.finfo(dtype).eps)
+    return 10 * eps**0.75  # f64: 1.8e-11, f32: 6.4e-5
+
+
+class Hypersurface:
+    """A hypersurface ``X = {Q(z; params) = 0}`` in P^n, of complex dimension ``d = n - 1``.
+
+    Args:
+        polynomial: a :class:`Polynomial`, a sympy expression or a string in z0..zn.
+        params: names of the moduli (ignored when a :class:`Polynomial` is given).
+        n: ambient dimension, when a coordinate does not appear in the polynomial.
+        allow_non_cy: accept a degree other than ``n+1`` (then X is not Calabi-Yau and
+            Omega-based quantities lose their meaning; the sampler still works).
+
+    The object is immutable, hashable and a pytree without leaves: pass it to jitted
+    functions freely.  Moduli are ordinary array arguments of every method.
+    """
+
+    def __init__(self, polynomial, params=(), n=None, *, allow_non_cy=False, name=None):
+        if isinstance(polynomial, Polynomial):
+            poly = polynomial
+        else:
+            poly = Polynomial(polynomial, params, n)
+        if poly.n < 2:
+            raise ValueError(f"need ambient dimension n >= 2 for a hypersurface of dimension >= 1, got P^{poly.n}")
+        if poly.degree != poly.n + 1 and not allow_non_cy:
+            raise ValueError(
+                f"degree {poly.degree} != n+1 = {poly.n + 1}: the hypersurface in P^{poly.n} is not "
+                "Calabi-Yau (pass allow_non_cy=True to use it anyway)"
+            )
+        self.poly = poly
+        self.name = name or repr(poly)
+
+    @classmethod
+    def from_sympy(cls, poly, params=(), **kwargs):
+        """Build from a sympy expression (or string) with moduli names ``params``."""
+        return cls(poly, params=params, **kwargs)
+
+    # -- identity and basic properties --------------------------------------------------
+    def __hash__(self):
+        return hash((type(self).__name__, self.poly))
+
+    def __eq__(self, other):
+        return type(self) is type(other) and self.poly == other.poly
+
+    def __repr__(self):
+        return f"{type(self).__name__}({self.poly.expr}, params={list(self.param_names)})"
+
+    @property
+    def dim_projective(self) -> int:
+        """n: the ambient space is P^n."""
+        return self.poly.n
+
+    @property
+    def dim(self) -> int:
+        """d = n - 1: complex dimension of X."""
+        return self.poly.n - 1
+
+    @property
+    def degree(self) -> int:
+        return self.poly.degree
+
+    @property
+    def param_names(self) -> tuple[str, ...]:
+        return self.poly.param_names
+
+    @property
+    def num_params(self) -> int:
+        return self.poly.num_params
+
+    @property
+    def vol_fs(self) -> float:
+        """Kaehler volume of X in the class H: ``degree / d!`` (the quintic: 5/6)."""
+        return self.degree / math.factorial(self.dim)
+
+    def check_params(self, params, dtype=None):
+        """Validate moduli -> complex array (..., m)."""
+        return self.poly.check_params(params, dtype)
+
+    def coefficients(self, params, dtype=None):
+        return self.poly.coefficients(params, dtype)
+
+    def known_singular_params(self):
+        """Moduli (k, m) where the family is known to be singular, or None if unknown."""
+        return None
+
+    # -- the defining polynomial ----------------------------------------------------------
+    def _hom(self, z, patch):
+        z = jnp.asarray(z)
+        if patch is None:
+            if z.shape[-1] != self.dim_projective + 1:
+                raise ValueError(f"homogeneous points must have {self.dim_projective + 1} coordinates, got shape {z.shape}")
+            return z
+        if z.shape[-1] != self.dim_projective:
+            raise ValueError(f"affine points must have {self.dim_projective} coordinates, got shape {z.shape}")
+        return proj.affine_to_hom(z, patch)
+
+    def defining(self, z, params, patch=None):
+        """Q at homogeneous points (..., n+1), or at affine points (..., n) in ``patch``."""
+        zh = self._hom(z, patch)
+        return self.poly.evaluate(zh, self.coefficients(params, zh.dtype))
+
+    def grad_defining(self, z, params, patch=None):
+        """dQ/dz: (..., n+1) for homogeneous points; (..., n) affine derivatives with ``patch``."""
+        zh = self._hom(z, patch)
+        grad = self.poly.gradient(zh, self.coefficients(params, zh.dtype))
+        return grad if patch is None else proj._drop_index(grad, jnp.broadcast_to(patch, grad.shape[:-1]))
+
+    def best_dependent(self, zs, params, patch):
+        """Affine index with the largest ``|dQ/dz_j|`` (int32, (...))."""
+        return jnp.argmax(jnp.abs(self.grad_defining(zs, params, patch)), axis=-1).astype(jnp.int32)
+
+    def jacobian_embed(self, zs, params, patch, dependent=None):
+        """Jacobian of X -> affine chart, complex (..., d, n).
+
+        Row ``a`` is the tangent vector for local coordinate ``a`` (the a-th affine
+        coordinate other than ``dependent``): 1 at that coordinate and
+        ``-(dQ/dz_kept)/(dQ/dz_dependent)`` at the dependent one.
+        """
+        grad = self.grad_defining(zs, params, patch)
+        if dependent is None:
+            dependent = jnp.argmax(jnp.abs(grad), axis=-1).astype(jnp.int32)
+        return _jacobian_from_grad(grad, dependent)
+
+    def induced_metric(self, G, zs, params, patch, dependent=None):
+        """Pull back an ambient metric G (..., n, n) to X: ``J G J^dagger`` (..., d, d)."""
+        J = self.jacobian_embed(zs, params, patch, dependent)
+        return J @ G @ jnp.conj(jnp.swapaxes(J, -1, -2))
+
+    def induced_fs(self, zs, params, patch, dependent=None):
+        """Fubini-Study metric restricted to X in local coordinates (..., d, d)."""
+        return self.induced_metric(proj.fs_metric(zs), zs, params, patch, dependent)
+
+    def solve_defining(self, zs, params, patch, dependent):
+        """All values of the dependent affine coordinate that put the point on X.
+
+        ``zs`` (..., n): the entry at ``dependent`` is ignored.  Returns complex
+        (..., degree) roots; a missing top power of ``z_dependent`` gives ``inf`` roots.
+        """
+        zs = jnp.asarray(zs)
+        D = self.degree
+        k = np.arange(D + 1)
+        w = jnp.asarray(np.exp(2j * np.pi * k / (D + 1)), zs.dtype)
+        onehot = jax.nn.one_hot(dependent, self.dim_projective, dtype=zs.dtype)[..., None, :]
+        trial = zs[..., None, :] * (1 - onehot) + w[:, None] * onehot  # (..., D+1, n)
+        params = self.check_params(params, zs.dtype)
+        vals = self.defining(trial, params[..., None, :], jnp.asarray(patch)[..., None])
+        inv_dft = jnp.asarray(np.exp(-2j * np.pi * np.outer(k, k) / (D + 1)) / (D + 1), zs.dtype)
+        roots, _ = polyroots(vals @ inv_dft.T)
+        return roots
+
+    def sample_intersect_weights(self, zs, params, patch, dependent=None):
+        """Monte Carlo weights ``|Omega|^2 / det g_FS|_X`` of points on X (real, (...))."""
+        grad = self.grad_defining(zs, params, patch)
+        if dependent is None:
+            dependent = jnp.argmax(jnp.abs(grad), axis=-1).astype(jnp.int32)
+        return _weights(grad, dependent, zs)
+
+    # -- sampling -------------------------------------------------------------------------
+    def sample(self, key, params, count, dtype=None) -> Sample:
+        """Sample ``count`` points on X per moduli value by line intersection.
+
+        Args:
+            key: PRNG key.
+            params: moduli (m,), or (..., m) for a batch of moduli (one key each).
+            count: number of points per moduli value (positive int, static).
+            dtype: complex64 or complex128 (default: JAX's default complex type).
+        Returns:
+            :class:`Sample` with leading axes ``params.shape[:-1]``.
+        """
+        count = _check_count(count)
+        cdtype = jnp.dtype(jnp.result_type(complex) if dtype is None else dtype)
+        if not jnp.issubdtype(cdtype, jnp.complexfloating):
+            raise ValueError(f"dtype must be complex64 or complex128, got {cdtype}")
+        params = self.check_params(params, cdtype).astype(cdtype)
+        return _sample_jit(self, key, params, count, cdtype)
+
+    def sample_intersect(self, key, params, count, affine=False, weights=False, dtype=None):
+        """Sample points on X (the interface of earlier libraries).
+
+        Returns homogeneous points (..., count, n+1) (unit norm, patch coordinate
+        real positive); with ``affine=True`` the pair ``(zs, patch)``; with
+        ``weights=True`` additionally the weights: ``((zs, patch), w)`` or ``(z, w)``.
+        Rejected points are counted in :meth:`sample`'s ``n_failed`` (use that to see them).
+        """
+        s = self.sample(key, params, count, dtype)
+        out = (s.zs, s.patch) if affine else proj.normalize(proj.affine_to_hom(s.zs, s.patch))
+        return (out, s.weights) if weights else out
+
+    def compute_vol(self, key, params, count=100_000, dtype=None) -> MCEstimate:
+        """Omega-volume ``int_X |Omega|^2`` with its Monte Carlo standard error.
+
+        Returns :class:`MCEstimate` (value, stderr, ess, n_failed), batched like ``params``.
+        """
+        s = self.sample(key, params, count, dtype)
+        return weighted_mean_estimate(jnp.ones_like(s.weights), s.weights, s.n_failed, scale=self.vol_fs)
+
+
+VarietySingle = Hypersurface
+
+jax.tree_util.register_pytree_node(Hypersurface, lambda x: ((), x), lambda aux, _: aux)
+
+
+def weighted_mean_estimate(f, w, n_failed, scale=1.0) -> MCEstimate:
+    """``scale * mean(f w)`` over the last axis with standard error and effective sample size."""
+    fw = f * w
+    n = fw.shape[-1]
+    mean = jnp.mean(fw, axis=-1)
+    stderr = jnp.std(fw, axis=-1, ddof=1) / jnp.sqrt(n)
+    ess = jnp.sum(w, axis=-1) ** 2 / jnp.sum(w**2, axis=-1)
+    return MCEstimate(scale * mean, scale * stderr, ess, n_failed)
+
+
+def _check_count(count):
+    if isinstance(count, bool) or not isinstance(count, (int, np.integer)):
+        raise ValueError(f"count must be a positive integer, got {count!r}")
+    if count <= 0:
+        raise ValueError(f"count must be a positive integer, got {count}")
+    return int(count)
+
+
+def _jacobian_from_grad(grad, dependent):
+    """(..., n) affine gradient and (...) dependent index -> J (..., d, n)."""
+    n = grad.shape[-1]
+    dependent = jnp.asarray(dependent)[..., None]
+    a = jnp.arange(n - 1)
+    kept = a + (a >= dependent)  # (..., d) affine index of local coordinate a
+    g_dep = jnp.take_along_axis(grad, dependent, axis=-1)  # (..., 1)
+    g_kept = jnp.take_along_axis(grad, kept, axis=-1)  # (..., d)
+    cols = jnp.arange(n)
+    eye_part = (cols == kept[..., None]).astype(grad.dtype)  # (..., d, n)
+    dep_col = (cols == dependent[..., None]).astype(grad.dtype)  # (..., 1, n)
+    return eye_part - (g_kept / g_dep)[..., None] * dep_col
+
+
+def _weights(grad, dependent, zs):
+    J = _jacobian_from_grad(grad, dependent)
+    g = J @ proj.fs_metric(zs) @ jnp.conj(jnp.swapaxes(J, -1, -2))
+    det = jnp.real(det_small(g))
+    g_dep = jnp.take_along_axis(grad, jnp.asarray(dependent)[..., None], axis=-1)[..., 0]
+    return 1.0 / (jnp.abs(g_dep) ** 2 * det)
+
+
+def _sample_one(variety: Hypersurface, key, params, count: int, dtype):
+    """Kernel for one moduli value: params (m,) -> Sample with N = count."""
+    poly = variety.poly
+    n, D = poly.n, poly.degree
+    rdtype = jnp.finfo(dtype).dtype
+    lines = -(-count // D)
+    spare = max(2, math.ceil(0.02 * lines))
+    L = lines + spare
+    coeffs = poly.coefficients(params, dtype)  # (T,)
+    kp, kq = jax.random.split(key)
+    p = uniform_complex_sphere(kp, L, n + 1, dtype)
+    q = uniform_complex_sphere(kq, L, n + 1, dtype)
+    a = poly.line_coefficients(p, q, coeffs)  # (L, D+1)
+    s, t, converged = projective_roots(a)  # (L, D)
+    z = s[..., None] * p[:, None, :] + t[..., None] * q[:, None, :]  # (L, D, n+1)
+    # Newton polishing along the line with the exact polynomial.
+    direction = jnp.where((jnp.abs(s) >= jnp.abs(t))[..., None], q[:, None, :], p[:, None, :])
+    for _ in range(2):
+        val, grad = poly.value_and_gradient(z, coeffs)
+        slope = jnp.sum(grad * direction, axis=-1)
+        step = jnp.where(slope != 0, val / jnp.where(slope != 0, slope, 1), 0)
+        z = z - step[..., None] * direction
+    z = z.reshape(L * D, n + 1)
+    zs, patch = proj.hom_to_affine(z)
+    zh = proj.affine_to_hom(zs, patch)
+    val, grad_h = poly.value_and_gradient(zh, coeffs)
+    grad = proj._drop_index(grad_h, patch)
+    dependent = jnp.argmax(jnp.abs(grad), axis=-1).astype(jnp.int32)
+    w = _weights(grad, dependent, zs)
+    resid = newton_distance(val, grad_h, zh)
+    ok = (
+        jnp.repeat(converged, D)
+        & (resid <= _residual_tol(dtype))
+        & jnp.isfinite(w)
+        & (w > 0)
+        & jnp.all(jnp.isfinite(zs), axis=-1)
+    )
+    order = jnp.argsort(~ok, stable=True)[:count]
+    chosen_ok = ok[order]
+    first_ok = order[0]
+    idx = jnp.where(chosen_ok, order, first_ok)
+    n_failed = jnp.sum(~ok).astype(jnp.int32)
+    return Sample(
+        zs=zs[idx],
+        patch=patch[idx],
+        dependent=dependent[idx],
+        weights=jnp.where(chosen_ok, w[idx], jnp.zeros((), rdtype)),
+        n_failed=n_failed,
+    )
+
+
+@partial(jax.jit, static_argnums=(0, 3, 4))
+def _sample_jit(variety, key, params, count, dtype):
+    batch = params.shape[:-1]
+    if not batch:
+        return _sample_one(variety, key, params, count, dtype)
+    flat = params.reshape(-1, params.shape[-1])
+    keys = jax.random.split(key, flat.shape[0])
+    out = jax.vmap(lambda k, p: _sample_one(variety, k, p, count, dtype))(keys, flat)
+    return jax.tree_util.tree_map(lambda x: x.reshape(batch + x.shape[1:]), out)
+
+
+# -- presets --------------------------------------------------------------------------------
+
+
+def _fermat_expr(n):
+    return " + ".join(f"z{i}**{n + 1}" for i in range(n + 1))
+
+
+class Fermat(Hypersurface):
+    """Fermat hypersurface ``sum_i z_i^(n+1) = 0`` of complex dimension ``dim`` (n = dim + 1).
+
+    ``Fermat(3)`` is the Fermat quintic in P^4; ``Fermat(1)`` the cubic curve in P^2.
+    """
+
+    def __init__(self, dim: int = 3):
+        _check_dim(dim)
+        super().__init__(_fermat_expr(dim + 1), name=f"Fermat({dim})")
+
+
+class Dwork(Hypersurface):
+    """Dwork family ``sum_i z_i^(n+1) - (n+1) psi prod_i z_i``, n = dim + 1, modulus ``psi``.
+
+    Singular exactly where ``psi^(n+1) = 1``.  ``Dwork(3)`` is the Dwork quintic.
+    """
+
+    def __init__(self, dim: int = 3):
+        _check_dim(dim)
+        n = dim + 1
+        prod = "*".join(f"z{i}" for i in range(n + 1))
+        super().__init__(f"{_fermat_expr(n)} - {n + 1}*psi*{prod}", params=("psi",), name=f"Dwork({dim})")
+
+    def known_singular_params(self):
+        n1 = self.dim_projective + 1
+        return np.exp(2j * np.pi * np.arange(n1) / n1)[:, None]
+
+
+class TwoParameterQuintic(Hypersurface):
+    """``sum z_i^5 + a1 prod z_i + a2 sum_i z_i sum_{j != i} z_j^4`` in P^4 (moduli a1, a2)."""
+
+    def __init__(self):
+        fermat = _fermat_expr(4)
+        prod = "*".join(f"z{i}" for i in range(5))
+        cross = " + ".join(f"z{i}*z{j}**4" for i in range(5) for j in range(5) if i != j)
+        super().__init__(f"{fermat} + a1*{prod} + a2*({cross})", params=("a1", "a2"), name="TwoParameterQuintic")
+
+
+def _check_dim(dim):
+    if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
+        raise ValueError(f"dim (complex dimension of the variety) must be an integer >= 1, got {dim!r}")
+
+
+for _cls in (Fermat, Dwork, TwoParameterQuintic):
+    jax.tree_util.register_pytree_node(_cls, lambda x: ((), x), lambda aux, _: aux)
+del _cls
