@@ -5,7 +5,7 @@ yourself, e.g. ``jax.config.update("jax_enable_x64", True)`` for float64, or use
 ``dtype`` arguments of the samplers.
 """
 
-from . import projective, random
+from . import donaldson, ml, projective, random
 from .metric import AlgebraicMetric, LocalMetric, sigma_from_eta
 from .polynomial import Polynomial
 from .sections import MonomialBasis, MonomialBasisFull, MonomialBasisReduced
@@ -35,6 +35,8 @@ __all__ = [
     "Sample",
     "TwoParameterQuintic",
     "VarietySingle",
+    "donaldson",
+    "ml",
     "projective",
     "random",
     "sigma_from_eta",
