@@ -17,8 +17,10 @@ import pytest
 from cyflat import train as tr
 from cyflat.config import load_config
 
+# The Dwork cubic curve (dim 1) keeps compilation short; nothing here depends on the dimension.
 TINY = [
-    "model.k=1",
+    "variety.dim=1",
+    "model.k=2",
     "model.layers=[8]",
     "train.batch_moduli=2",
     "train.batch_points=64",
