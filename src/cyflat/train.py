@@ -453,7 +453,8 @@ def _fit(cfg: Config, resume, progress, evaluate):
     step_jit = jax.jit(step_fn, donate_argnums=0)
 
     # Fixed validation set: moduli and points drawn once.
-    val_moduli = problem.moduli_sampler(k_val, t.val_moduli)
+    n_val = 1 if cfg.moduli.region == "point" else t.val_moduli
+    val_moduli = problem.moduli_sampler(k_val, n_val)
     val_sample = problem.variety.sample(jax.random.fold_in(k_val, 1), val_moduli, t.val_points, dtype=problem.cdtype)
     h_fn = h_function(problem)
 
