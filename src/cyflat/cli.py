@@ -113,6 +113,10 @@ def cmd_donaldson(args):
     with jax.enable_x64(args.dtype == "float64"):
         variety = _variety_from_args(args)
         psi = _moduli_from_args(variety, args.psi)
+        if psi is not None:
+            from .singular import check_moduli
+
+            check_moduli(variety, psi, what="balanced metric", on_singular="raise" if args.refuse_singular else "warn")
         results = sigma_scan(
             variety, args.k, psi, jax.random.PRNGKey(args.seed), iterations=args.iterations,
             n_points=args.points, sigma_points=args.sigma_points,
@@ -135,6 +139,10 @@ def cmd_volume(args):
     with jax.enable_x64(args.dtype == "float64"):
         variety = _variety_from_args(args)
         psi = _moduli_from_args(variety, args.psi)
+        if psi is not None:
+            from .singular import check_moduli
+
+            check_moduli(variety, psi, what="volume estimate")
         cdtype = jax.numpy.complex128 if args.dtype == "float64" else jax.numpy.complex64
         est = variety.compute_vol(jax.random.PRNGKey(args.seed), psi, args.points, dtype=cdtype)
         print(f"{variety!r}")
@@ -182,6 +190,7 @@ def build_parser():
     d.add_argument("--points", type=int, help="points per T-step (default 10 N_k^2 + 50000)")
     d.add_argument("--sigma-points", type=int, default=100_000)
     d.add_argument("--out", default="donaldson-out")
+    d.add_argument("--refuse-singular", action="store_true", help="exit with an error at singular moduli")
     d.set_defaults(func=cmd_donaldson)
 
     v = sub.add_parser("volume", help="Omega-volume of a variety by Monte Carlo")

@@ -38,6 +38,7 @@ from .config import Config, ConfigError, config_hash, parse_complex, to_yaml
 from .metric import AlgebraicMetric, sigma_from_eta
 from .random import complex_box, uniform_unit_disk
 from .sections import MonomialBasisFull, MonomialBasisReduced
+from .singular import check_moduli
 from .variety import Dwork, Fermat, Hypersurface, TwoParameterQuintic
 
 __all__ = ["FitResult", "Problem", "TrainState", "build_problem", "fit", "make_train_step"]
@@ -455,6 +456,8 @@ def _fit(cfg: Config, resume, progress, evaluate):
     # Fixed validation set: moduli and points drawn once.
     n_val = 1 if cfg.moduli.region == "point" else t.val_moduli
     val_moduli = problem.moduli_sampler(k_val, n_val)
+    if problem.variety.num_params and (cfg.moduli.region == "point" or problem.variety.known_singular_params() is None):
+        check_moduli(problem.variety, np.asarray(val_moduli), what="training")
     val_sample = problem.variety.sample(jax.random.fold_in(k_val, 1), val_moduli, t.val_points, dtype=problem.cdtype)
     h_fn = h_function(problem)
 
