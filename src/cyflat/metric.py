@@ -26,6 +26,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from . import projective as proj
 from .sections import MonomialBasis, warn_if_dependent
@@ -164,32 +165,49 @@ class AlgebraicMetric:
         return h.astype(dtype), zs.astype(dtype), params, patch, dependent
 
     # -- kernels for one moduli value (points flattened inside) ---------------------------
-    def _local_metric_block(self, h, params, zs, patch, dependent):
-        shape = zs.shape[:-1]
-        zs = zs.reshape(-1, zs.shape[-1])
-        patch = patch.reshape(-1)
+    def _chunk_points(self):
+        """Points per chunk: keeps a chunk's section jets (about 1 MB) in cache."""
+        return _chunk_size(self.basis_size, self.variety.dim)
+
+    def _metric_chunk(self, big, coeffs, zs, patch, dependent, want):
+        """One chunk of points (B, n) -> g (B, d, d) [``want='g'``] or eta (B,), and the
+        dependent index and ``|dQ/dz_dependent|^2``."""
         poly = self.variety.poly
-        coeffs = poly.coefficients(params, zs.dtype)
         zh = proj.affine_to_hom(zs, patch)
         grad = proj._drop_index(poly.gradient(zh, coeffs), patch)
         if dependent is None:
             dependent = jnp.argmax(jnp.abs(grad), axis=-1).astype(jnp.int32)
-        else:
-            dependent = dependent.reshape(-1)
         J = _jacobian_from_grad(grad, dependent)  # (B, d, n)
-        s, ds = self.sections.values_and_jacobian(zs, patch)  # (B, N), (B, n, N)
-        X = jnp.concatenate([s[:, None, :], J @ ds], axis=1)  # (B, d+1, N)
-        g = _metric_from_sections(X, h, self.degree)
+        # Tangent vectors of the local coordinates in homogeneous index space (0 at patch).
+        tangents = _affine_rows_to_hom(J, patch)  # (B, d, n+1)
+        xr, xi = self.sections.jets_hom_real(
+            jnp.real(zh), jnp.imag(zh), jnp.real(tangents), jnp.imag(tangents)
+        )  # (B, 1+d, N): s and its derivatives along the local coordinates
+        gr, gi = _metric_from_jets(xr, xi, big, self.degree)
         g_dep = jnp.take_along_axis(grad, dependent[:, None], axis=-1)[:, 0]
-        return (
-            g.reshape(shape + g.shape[-2:]),
-            dependent.reshape(shape),
-            (jnp.abs(g_dep) ** 2).reshape(shape),
-        )
+        gdep2 = jnp.real(g_dep) ** 2 + jnp.imag(g_dep) ** 2
+        d = self.variety.dim
+        if want == "eta":
+            return _det_hermitian(gr, gi, d) * gdep2, dependent, gdep2
+        return jax.lax.complex(_stack_entries(gr, d), _stack_entries(gi, d)), dependent, gdep2
+
+    def _local_metric_block(self, h, params, zs, patch, dependent, want="g"):
+        shape = zs.shape[:-1]
+        zs = zs.reshape(-1, zs.shape[-1])
+        patch = patch.reshape(-1)
+        if dependent is not None:
+            dependent = dependent.reshape(-1)
+        coeffs = self.variety.poly.coefficients(params, zs.dtype)
+        big = _real_form(h)
+
+        def chunk(args):
+            return self._metric_chunk(big, coeffs, *args, want)
+
+        out, dep, gdep2 = _map_chunks(chunk, (zs, patch, dependent), self._chunk_points())
+        return out.reshape(shape + out.shape[1:]), dep.reshape(shape), gdep2.reshape(shape)
 
     def _eta_block(self, h, params, zs, patch, dependent):
-        g, _, gdep2 = self._local_metric_block(h, params, zs, patch, dependent)
-        return jnp.real(det_small(g)) * gdep2
+        return self._local_metric_block(h, params, zs, patch, dependent, want="eta")[0]
 
     # -- public point quantities ----------------------------------------------------------
     def kahler_potential(self, h, zs, patch):
@@ -213,13 +231,13 @@ class AlgebraicMetric:
     def metric(self, h, zs, params, patch, dependent=None) -> LocalMetric:
         """Metric on X in local coordinates: :class:`LocalMetric` ``(g (*M,*S,d,d), patch, dependent)``."""
         h, zs, params, patch, dependent = self._prepare(h, zs, params, patch, dependent)
-        g, dep, _ = _map_moduli(self._local_metric_block, h, params, zs, patch, dependent)
+        g, dep = _metric_jit(self, h, params, zs, patch, dependent)
         return LocalMetric(g, patch, dep)
 
     def eta(self, h, zs, params, patch, dependent=None):
         """``eta = det g_X * |dQ/dz_dependent|^2`` (real, (*M, *S)): Kaehler over Omega volume form."""
         h, zs, params, patch, dependent = self._prepare(h, zs, params, patch, dependent)
-        return _map_moduli(self._eta_block, h, params, zs, patch, dependent)
+        return _eta_jit(self, h, params, zs, patch, dependent)
 
     def eta_sample(self, h, sample, params):
         """eta on a :class:`~cyflat.variety.Sample` (uses its patch and dependent index)."""
@@ -253,8 +271,13 @@ class AlgebraicMetric:
                 return z
 
             def metric_fn(x):
-                g, _, _ = self._local_metric_block(h, params, embed(x)[None], p[None], dep[None])
-                return g[0]
+                # The closed-form metric with the small power-table section program:
+                # Ricci differentiates it twice more.
+                zh = proj.affine_to_hom(embed(x), p)
+                grad = proj._drop_index(poly.gradient(zh, coeffs), p)
+                J = _jacobian_from_grad(grad, dep)  # (d, n)
+                X = self.sections.jets_hom(zh, _affine_rows_to_hom(J, p), method="powers")
+                return _metric_from_sections(X, h, self.degree)
 
             return ricci_tensor(metric_fn, z0[kept])
 
@@ -268,14 +291,12 @@ class AlgebraicMetric:
         dependent coordinate followed along X by Newton's method.
         """
         h, zs, params, patch, dependent = self._prepare(h, zs, params, patch, dependent)
-        return _map_moduli(self._ricci_block, h, params, zs, patch, dependent)
+        return _ricci_jit(self, h, params, zs, patch, dependent)
 
     def ricci_scalar(self, h, zs, params, patch, dependent=None):
         """Ricci scalar ``R = g^{jbar i} R_{i jbar}`` (real, (*M, *S))."""
         h, zs, params, patch, dependent = self._prepare(h, zs, params, patch, dependent)
-        g, dep, _ = _map_moduli(self._local_metric_block, h, params, zs, patch, dependent)
-        ric = _map_moduli(self._ricci_block, h, params, zs, patch, dep)
-        return jnp.real(jnp.trace(jnp.linalg.solve(g, ric), axis1=-2, axis2=-1))
+        return _ricci_scalar_jit(self, h, params, zs, patch, dependent)
 
     # -- accuracy -------------------------------------------------------------------------
     def sigma_accuracy(self, key, params, h, count=100_000) -> MCEstimate:
@@ -295,6 +316,31 @@ class AlgebraicMetric:
         return sigma_from_eta(eta, sample.weights, sample.n_failed)
 
 
+# Jitted entry points (the metric is a leafless pytree, so it is part of the cache key):
+# eager calls then run one compiled kernel instead of dispatching every operation.
+@jax.jit
+def _metric_jit(m, h, params, zs, patch, dependent):
+    g, dep, _ = _map_moduli(m._local_metric_block, h, params, zs, patch, dependent)
+    return g, dep
+
+
+@jax.jit
+def _eta_jit(m, h, params, zs, patch, dependent):
+    return _map_moduli(m._eta_block, h, params, zs, patch, dependent)
+
+
+@jax.jit
+def _ricci_jit(m, h, params, zs, patch, dependent):
+    return _map_moduli(m._ricci_block, h, params, zs, patch, dependent)
+
+
+@jax.jit
+def _ricci_scalar_jit(m, h, params, zs, patch, dependent):
+    g, dep, _ = _map_moduli(m._local_metric_block, h, params, zs, patch, dependent)
+    ric = _map_moduli(m._ricci_block, h, params, zs, patch, dep)
+    return jnp.real(jnp.trace(jnp.linalg.solve(g, ric), axis1=-2, axis2=-1))
+
+
 def _metric_from_sections(X, h, k):
     """X (..., 1+d, N) = (s, D_a s); h (N, N) -> g (..., d, d) (see module docstring)."""
     Y = (X.reshape(-1, X.shape[-1]) @ h).reshape(X.shape)
@@ -303,6 +349,111 @@ def _metric_from_sections(X, h, k):
     v = G[..., 1:, 0]
     g = G[..., 1:, 1:] / phi - v[..., :, None] * jnp.conj(v)[..., None, :] / phi**2
     return g / (jnp.pi * k)
+
+
+def _affine_rows_to_hom(J, patch):
+    """Rows of affine vectors (..., d, n) -> homogeneous (..., d, n+1) with 0 at ``patch``."""
+    n = J.shape[-1]
+    idx = jnp.arange(n + 1)
+    p = jnp.asarray(patch)[..., None, None]
+    src = jnp.clip(idx - (idx > p), 0, n - 1)
+    src = jnp.broadcast_to(src, J.shape[:-1] + (n + 1,))
+    return jnp.where(idx == p, jnp.zeros((), J.dtype), jnp.take_along_axis(J, src, axis=-1))
+
+
+def _chunk_size(N, d):
+    """Points per chunk for N sections in dimension d: about 2^15 / N (a power of two in
+    [32, 1024]) so that a chunk's jets and products stay in the CPU caches."""
+    target = 2**15 * 4 / (N * (d + 1))
+    return int(2 ** np.clip(np.round(np.log2(max(target, 1.0))), 5, 10))
+
+
+def _map_chunks(fn, args, chunk):
+    """``fn`` on the leading axis of the pytree ``args`` in chunks of ``chunk`` (lax.map),
+    plus one call for the remainder; outputs concatenated along the leading axis."""
+    B = jax.tree_util.tree_leaves(args)[0].shape[0]
+    if B <= chunk:
+        return fn(args)
+    nb = B // chunk
+    main = jax.tree_util.tree_map(lambda x: x[: nb * chunk].reshape((nb, chunk) + x.shape[1:]), args)
+    out = jax.lax.map(fn, main)
+    out = jax.tree_util.tree_map(lambda x: x.reshape((nb * chunk,) + x.shape[2:]), out)
+    if B > nb * chunk:
+        rest = fn(jax.tree_util.tree_map(lambda x: x[nb * chunk :], args))
+        out = jax.tree_util.tree_map(lambda a, b: jnp.concatenate([a, b], axis=0), out, rest)
+    return out
+
+
+def _real_form(h):
+    """H (N, N) complex -> real (2N, 2N) with ``[xr, xi] @ R = [Re(x H), Im(x H)]``."""
+    hr, hi = jnp.real(h), jnp.imag(h)
+    return jnp.concatenate([jnp.concatenate([hr, hi], axis=1), jnp.concatenate([-hi, hr], axis=1)], axis=0)
+
+
+def _metric_from_jets(xr, xi, big, k):
+    """Section jets (B, 1+d, N) (real and imaginary parts) -> the entries of g on X.
+
+    ``G = X H X^dagger`` by one real matrix product ``[Xr, Xi] @ R`` ((B (1+d), 2N) x
+    (2N, 2N): real GEMM is much faster than complex on CPU) and the (1+d)^2 real dot
+    products of its rows with ``[Xr, Xi]`` and ``[-Xi, Xr]`` (upper triangle of the
+    hermitian G only).  Then ``g_ab = (G_ab / phi - v_a conj(v_b) / phi^2) / (pi k)``
+    with ``phi = G_00`` and ``v_a = G_a0``.
+
+    Returns dicts ``gr[a, b]``, ``gi[a, b]`` (a, b = 0..d-1) of (B,) arrays: real and
+    imaginary parts of g_ab (hermitian: only the independent entries are computed).
+    """
+    A = xr.shape[-2]
+    x2 = jnp.concatenate([xr, xi], axis=-1)  # (B, A, 2N)
+    xj = jnp.concatenate([-xi, xr], axis=-1)
+    y = (x2.reshape(-1, x2.shape[-1]) @ big).reshape(x2.shape)
+    Gr, Gi = {}, {}
+    for a in range(A):
+        for b in range(a, A):
+            Gr[a, b] = Gr[b, a] = jnp.sum(y[:, a] * x2[:, b], axis=-1)
+            if b > a:
+                Gi[a, b] = jnp.sum(y[:, a] * xj[:, b], axis=-1)
+                Gi[b, a] = -Gi[a, b]
+    phi = Gr[0, 0]
+    inv = 1 / phi
+    scale = 1 / (jnp.pi * k)
+    gr, gi = {}, {}
+    for a in range(1, A):
+        for b in range(a, A):
+            # v_a conj(v_b) with v_a = G_a0.
+            outer_r = Gr[a, 0] * Gr[b, 0] + Gi[a, 0] * Gi[b, 0]
+            gr[a - 1, b - 1] = gr[b - 1, a - 1] = (Gr[a, b] - outer_r * inv) * (inv * scale)
+            if b > a:
+                outer_i = Gi[a, 0] * Gr[b, 0] - Gr[a, 0] * Gi[b, 0]
+                gi[a - 1, b - 1] = (Gi[a, b] - outer_i * inv) * (inv * scale)
+                gi[b - 1, a - 1] = -gi[a - 1, b - 1]
+            else:
+                gi[a - 1, a - 1] = jnp.zeros_like(phi)
+    return gr, gi
+
+
+def _stack_entries(e, d):
+    return jnp.stack([jnp.stack([e[a, b] for b in range(d)], axis=-1) for a in range(d)], axis=-2)
+
+
+def _det_hermitian(gr, gi, d):
+    """Determinant of a hermitian d x d matrix from its entries (real arithmetic for d <= 3)."""
+    if d == 1:
+        return gr[0, 0]
+    if d == 2:
+        return gr[0, 0] * gr[1, 1] - (gr[0, 1] ** 2 + gi[0, 1] ** 2)
+    if d == 3:
+        # Re(g01 g12 g20) with g20 = conj(g02).
+        pr = gr[0, 1] * gr[1, 2] - gi[0, 1] * gi[1, 2]
+        pi = gr[0, 1] * gi[1, 2] + gi[0, 1] * gr[1, 2]
+        cyc = pr * gr[0, 2] + pi * gi[0, 2]
+        return (
+            gr[0, 0] * gr[1, 1] * gr[2, 2]
+            + 2 * cyc
+            - gr[0, 0] * (gr[1, 2] ** 2 + gi[1, 2] ** 2)
+            - gr[1, 1] * (gr[0, 2] ** 2 + gi[0, 2] ** 2)
+            - gr[2, 2] * (gr[0, 1] ** 2 + gi[0, 1] ** 2)
+        )
+    return jnp.real(jnp.linalg.det(jax.lax.complex(_stack_entries(gr, d), _stack_entries(gi, d))))
 
 
 jax.tree_util.register_pytree_node(AlgebraicMetric, lambda x: ((), x), lambda aux, _: aux)

@@ -125,6 +125,7 @@ class Polynomial:
         self.coefficient_exprs = tuple(sp.sympify(c) for c in coeffs)
         self._coeff_fn = sp.lambdify(param_symbols, list(self.coefficient_exprs), modules="jax")
         self._key = (sp.srepr(expr), self.param_names, self.n)
+        self._build_plans()
 
     # -- identity ---------------------------------------------------------------------
     def __hash__(self):
@@ -172,48 +173,195 @@ class Polynomial:
         return params.astype(jnp.promote_types(params.dtype, cdtype))
 
     def coefficients(self, params, dtype=None):
-        """Term coefficients at moduli ``params`` (..., m) -> complex (..., T)."""
+        """Term coefficients at moduli ``params`` (..., m) -> complex (..., T).
+
+        With ``dtype`` the result has that complex dtype (complex64 stays complex64 even
+        for float64 moduli); without, the promoted dtype of the moduli.
+        """
         params = self.check_params(params, dtype)
+        if dtype is not None:
+            params = params.astype(jnp.promote_types(dtype, jnp.complex64))
         cdtype = params.dtype
         batch = params.shape[:-1]
         values = self._coeff_fn(*[params[..., i] for i in range(self.num_params)])
         return jnp.stack([jnp.broadcast_to(jnp.asarray(v, cdtype), batch) for v in values], axis=-1)
 
-    def _power_table(self, z):
-        """z (..., n+1) -> z**p for p = 0..degree, shape (..., n+1, degree+1)."""
-        pows = [jnp.ones_like(z), z]
-        for _ in range(self.degree - 1):
-            pows.append(pows[-1] * z)
-        return jnp.stack(pows[: self.degree + 1], axis=-1)
+    # Evaluation strategy (all static, decided once per polynomial).
+    #
+    # * Monomials are computed by straight-line code over the coordinate slices
+    #   z[..., i] (powers by repeated squaring, memoised prefix products; no gathers),
+    #   which XLA fuses into one elementwise loop: an order of magnitude faster on CPU
+    #   than gathering from a power table.  Very large polynomials, whose straight-line
+    #   code would take long to compile, gather from a power table instead.
+    # * The gradient uses the "derivative monomials" u = e_t - 1_i (e_ti > 0), each
+    #   evaluated once: dQ/dz_i = sum_t e_ti c_t z^u.  Small polynomials (the presets)
+    #   contract straight-line too; larger ones stack the monomials and contract with a
+    #   matrix product, which compiles much faster.
+    # * value_and_gradient takes Q from Euler's identity Q = sum_i z_i dQ/dz_i / D
+    #   (exact for a homogeneous Q; same round-off as direct evaluation).
 
-    def _monomials(self, pw, exponents):
-        """Evaluate monomials with exponent table (..., n+1) from a power table."""
-        cols = np.broadcast_to(np.arange(self.n + 1), exponents.shape)
-        return jnp.prod(pw[..., cols, exponents], axis=-1)
+    def _build_plans(self):
+        e = self.exponents
+        T, n1 = e.shape
+        monos = {}
+        entries = []  # (i, t, u, e_ti): dQ/dz_i += e_ti c_t z^u
+        eye = np.eye(n1, dtype=np.int64)
+        for t in range(T):
+            for i in range(n1):
+                if e[t, i] > 0:
+                    u = tuple(int(x) for x in e[t] - eye[i])
+                    entries.append((i, t, monos.setdefault(u, len(monos)), int(e[t, i])))
+        self._grad_monos = tuple(monos)
+        self._grad_entries = tuple(entries)
+        self._value_monos = tuple(tuple(int(x) for x in row) for row in e)
+        S = np.zeros((T, len(monos), n1))
+        for i, t, u, mult in entries:
+            S[t, u, i] += mult
+        self._grad_matrix = S  # dQ/dz_i = sum_{t,u} c_t S[t, u, i] z^u
+        grad_cost = _straight_line_cost(self._grad_monos)
+        value_cost = _straight_line_cost(self._value_monos)
+        self._straight = {
+            self._grad_monos: grad_cost <= _STRAIGHT_LINE_BUDGET,
+            self._value_monos: value_cost <= _STRAIGHT_LINE_BUDGET,
+        }
+        self._grad_fused = grad_cost + len(entries) <= _FUSED_GRAD_BUDGET
+        self._value_fused = value_cost + T <= _FUSED_VALUE_BUDGET
+
+    # -- straight-line kernels on coordinate lists ----------------------------------------
+    # ``zc`` is a list of the n+1 coordinate arrays (any common batch shape).  Working on
+    # separate contiguous arrays instead of a trailing axis of length n+1 lets XLA emit
+    # simple elementwise kernels with no strided access, stacking or small reductions.
+
+    def _monomials_coords(self, zc, monos):
+        """Straight-line values of monomials (tuples of exponents) -> list of arrays."""
+        n1 = self.n + 1
+        powers = {}
+
+        def power(i, k):
+            if k == 1:
+                return zc[i]
+            if (i, k) not in powers:
+                h = power(i, k // 2)
+                v = h * h
+                powers[(i, k)] = v * zc[i] if k % 2 else v
+            return powers[(i, k)]
+
+        prefixes = {}
+
+        def prefix(m, k):  # prod_{i < k} z_i^m_i, None for the empty product
+            if k == 0:
+                return None
+            key = m[:k]
+            if key not in prefixes:
+                rest = prefix(m, k - 1)
+                if m[k - 1] == 0:
+                    prefixes[key] = rest
+                else:
+                    pk = power(k - 1, m[k - 1])
+                    prefixes[key] = pk if rest is None else rest * pk
+            return prefixes[key]
+
+        out = []
+        for m in monos:
+            v = prefix(m, n1)
+            out.append(jnp.ones_like(zc[0]) if v is None else v)
+        return out
+
+    def _value_coords(self, zc, coeffs):
+        """Q from coordinate arrays; coeffs (..., T) broadcast against them."""
+        coeffs = jnp.asarray(coeffs)
+        if not self._value_fused:
+            return self.evaluate(jnp.stack(jnp.broadcast_arrays(*zc), axis=-1), coeffs)
+        total = None
+        for t, v in enumerate(self._monomials_coords(zc, self._value_monos)):
+            term = coeffs[..., t] * v
+            total = term if total is None else total + term
+        return total
+
+    def _value_and_gradient_coords(self, zc, coeffs):
+        """(Q, [dQ/dz_i]) from coordinate arrays; Q by Euler's identity."""
+        coeffs = jnp.asarray(coeffs)
+        if not self._grad_fused:
+            val, grad = self.value_and_gradient(jnp.stack(jnp.broadcast_arrays(*zc), axis=-1), coeffs)
+            return val, [grad[..., i] for i in range(self.n + 1)]
+        uvals = self._monomials_coords(zc, self._grad_monos)
+        grad = [None] * (self.n + 1)
+        for i, t, u, mult in self._grad_entries:
+            c = coeffs[..., t]
+            term = (c if mult == 1 else c * mult) * uvals[u]
+            grad[i] = term if grad[i] is None else grad[i] + term
+        shape = jnp.broadcast_shapes(*(z.shape for z in zc), coeffs.shape[:-1])
+        dtype = jnp.result_type(*zc, coeffs)
+        grad = [jnp.zeros(shape, dtype) if g is None else jnp.broadcast_to(g, shape) for g in grad]
+        val = zc[0] * grad[0]
+        for zi, gi in zip(zc[1:], grad[1:]):
+            val = val + zi * gi
+        return val * (1.0 / self.degree), grad
+
+    def _line_coefficients_coords(self, pc, qc, coeffs):
+        """Coefficients of Q(p + t q) (list of D+1 arrays, ascending) from coordinate lists."""
+        D = self.degree
+        w = np.exp(2j * np.pi * np.arange(D + 1) / (D + 1))
+        vals = [self._value_coords([pi + complex(w[k]) * qi for pi, qi in zip(pc, qc)], coeffs) for k in range(D + 1)]
+        out = []
+        for j in range(D + 1):  # inverse DFT, straight-line (D+1 is small)
+            acc = vals[0]
+            for k in range(1, D + 1):
+                acc = acc + complex(np.conj(w[(j * k) % (D + 1)])) * vals[k]
+            out.append(acc * (1.0 / (D + 1)))
+        return out
+
+    # -- array API ----------------------------------------------------------------------
+
+    def _monomial_table(self, z, monos):
+        """Monomials (tuples of exponents) at z (..., n+1) -> (..., len(monos)), gathered
+        from a power table (large polynomials) or straight-line."""
+        if self._straight[monos]:
+            return jnp.stack(self._monomials_coords([z[..., i] for i in range(self.n + 1)], monos), axis=-1)
+        exps = np.asarray(monos, dtype=np.int64).reshape(len(monos), self.n + 1)
+        top = max(int(exps.max()), 1)
+        pows = [jnp.ones_like(z), z]
+        for _ in range(top - 1):
+            pows.append(pows[-1] * z)
+        table = jnp.stack(pows, axis=-1).reshape(z.shape[:-1] + ((self.n + 1) * (top + 1),))
+        flat = np.arange(self.n + 1)[None, :] * (top + 1) + exps  # (K, n+1)
+        return jnp.prod(table[..., flat], axis=-1)
+
+    def monomials(self, z):
+        """Values of the T monomials z^e_t at homogeneous points z (..., n+1) -> (..., T)."""
+        return self._monomial_table(jnp.asarray(z), self._value_monos)
 
     def evaluate(self, z, coeffs):
         """Q at homogeneous points z (..., n+1) with coefficients (..., T) -> complex (...)."""
-        pw = self._power_table(z)
-        return jnp.sum(coeffs * self._monomials(pw, self.exponents), axis=-1)
+        z = jnp.asarray(z)
+        coeffs = jnp.asarray(coeffs)
+        if self._value_fused:
+            return self._value_coords([z[..., i] for i in range(self.n + 1)], coeffs)
+        mono = self._monomial_table(z, self._value_monos)
+        if coeffs.ndim == 1:
+            return mono @ coeffs
+        return jnp.sum(mono * coeffs, axis=-1)
+
+    def value_and_gradient(self, z, coeffs):
+        """(Q, dQ/dz (..., n+1)) at homogeneous points; Q from Euler's identity
+        ``z . dQ/dz = D Q``."""
+        z = jnp.asarray(z)
+        coeffs = jnp.asarray(coeffs)
+        if self._grad_fused:
+            val, grad = self._value_and_gradient_coords([z[..., i] for i in range(self.n + 1)], coeffs)
+            return val, jnp.stack(grad, axis=-1)
+        uvals = self._monomial_table(z, self._grad_monos)  # (..., U)
+        S = self._grad_matrix
+        G = (coeffs @ jnp.asarray(S.reshape(S.shape[0], -1), coeffs.dtype)).reshape(coeffs.shape[:-1] + S.shape[1:])
+        if G.ndim == 2:
+            grad = uvals @ G
+        else:
+            grad = jnp.einsum("...k,...kj->...j", uvals, G)
+        return jnp.sum(z * grad, axis=-1) * (1.0 / self.degree), grad
 
     def gradient(self, z, coeffs):
         """Holomorphic gradient dQ/dz_i at homogeneous points -> complex (..., n+1)."""
-        pw = self._power_table(z)
-        return self._gradient_from_powers(pw, coeffs)
-
-    def _gradient_from_powers(self, pw, coeffs):
-        e = self.exponents
-        eye = np.eye(self.n + 1, dtype=np.int32)
-        dexp = np.maximum(e[None, :, :] - eye[:, None, :], 0)  # (n+1, T, n+1)
-        mult = e.T  # (n+1, T): exponent of z_i in term t
-        mono = self._monomials(pw, dexp)  # (..., n+1, T)
-        return jnp.sum(coeffs[..., None, :] * mult * mono, axis=-1)
-
-    def value_and_gradient(self, z, coeffs):
-        """(Q, dQ/dz) at homogeneous points sharing one power table."""
-        pw = self._power_table(z)
-        val = jnp.sum(coeffs * self._monomials(pw, self.exponents), axis=-1)
-        return val, self._gradient_from_powers(pw, coeffs)
+        return self.value_and_gradient(z, coeffs)[1]
 
     def line_coefficients(self, p, q, coeffs):
         """Coefficients of ``Q(p + t q)`` in ascending powers of t.
@@ -222,15 +370,35 @@ class Polynomial:
         exactly up to round-off by evaluating at the D+1 roots of unity t = w^k and an
         inverse discrete Fourier transform (well conditioned for |p|, |q| ~ 1).
         """
-        D = self.degree
-        k = np.arange(D + 1)
-        roots = np.exp(2j * np.pi * k / (D + 1))
-        dtype = jnp.result_type(p, q)
-        t = jnp.asarray(roots, dtype)
-        pts = p[..., None, :] + t[:, None] * q[..., None, :]  # (..., D+1, n+1)
-        vals = self.evaluate(pts, coeffs[..., None, :])  # (..., D+1)
-        inv_dft = jnp.asarray(np.exp(-2j * np.pi * np.outer(k, k) / (D + 1)) / (D + 1), dtype)
-        return vals @ inv_dft.T
+        p, q = jnp.broadcast_arrays(jnp.asarray(p), jnp.asarray(q))
+        n1 = self.n + 1
+        out = self._line_coefficients_coords([p[..., i] for i in range(n1)], [q[..., i] for i in range(n1)], coeffs)
+        return jnp.stack(jnp.broadcast_arrays(*out), axis=-1)
+
+
+def _straight_line_cost(monos):
+    """Number of multiplications the straight-line evaluation of ``monos`` emits."""
+    powers = set()
+    prefixes = set()
+    for m in monos:
+        for i, k in enumerate(m):
+            while k > 1 and (i, k) not in powers:
+                powers.add((i, k))
+                k //= 2
+        for k in range(1, len(m) + 1):
+            if m[k - 1]:
+                prefixes.add(m[:k])
+    return len(powers) + len(prefixes)
+
+
+# XLA's compile time grows faster than linearly with the length of fused straight-line
+# code (the gradient's n+1 outputs especially).  Up to _FUSED_*_BUDGET multiplications
+# the whole evaluation is one straight-line block; up to _STRAIGHT_LINE_BUDGET the
+# monomials are, and are then contracted with a matrix product; beyond, monomials are
+# gathered from a power table.
+_FUSED_VALUE_BUDGET = 120
+_FUSED_GRAD_BUDGET = 60
+_STRAIGHT_LINE_BUDGET = 400
 
 
 jax.tree_util.register_pytree_node(Polynomial, lambda x: ((), x), lambda aux, _: aux)

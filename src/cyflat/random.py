@@ -30,22 +30,44 @@ def _real_of(cdtype):
     return jnp.finfo(cdtype).dtype
 
 
+def _size(shape):
+    size = 1
+    for s in shape:
+        size *= int(s)
+    return size
+
+
+def _real_normal_pairs(key, shape, rdtype):
+    """Real standard normals of shape ``shape + (2,)``, drawn as one flat array.
+
+    XLA compiles the PRNG for a 1-D shape about twice as fast as for a
+    multi-dimensional one.
+    """
+    shape = tuple(int(s) for s in shape)
+    return jax.random.normal(key, (2 * _size(shape),), rdtype).reshape(shape + (2,))
+
+
 def complex_normal(key, shape, dtype=None):
     """Standard complex normal: real and imaginary parts i.i.d. N(0, 1/2)."""
     cdtype = _complex_dtype(dtype)
-    return jax.random.normal(key, shape, cdtype)
+    rdtype = _real_of(cdtype)
+    x = _real_normal_pairs(key, shape, rdtype) * jnp.asarray(0.5**0.5, rdtype)
+    return jax.lax.complex(x[..., 0], x[..., 1])
 
 
 def uniform_real_sphere(key, count, dim, dtype=None):
     """``count`` points uniform on the unit sphere S^(dim-1) in R^dim -> real (count, dim)."""
-    x = jax.random.normal(key, (count, dim), jnp.result_type(float) if dtype is None else dtype)
-    return x / jnp.linalg.norm(x, axis=-1, keepdims=True)
+    rdtype = jnp.result_type(float) if dtype is None else dtype
+    x = jax.random.normal(key, (count * dim,), rdtype).reshape(count, dim)
+    return x * jax.lax.rsqrt(jnp.sum(x * x, axis=-1, keepdims=True))
 
 
 def uniform_complex_sphere(key, count, dim, dtype=None):
     """``count`` points uniform on the unit sphere of C^dim -> complex (count, dim)."""
-    z = complex_normal(key, (count, dim), dtype)
-    return z / jnp.linalg.norm(z, axis=-1, keepdims=True)
+    cdtype = _complex_dtype(dtype)
+    x = _real_normal_pairs(key, (count, dim), _real_of(cdtype))
+    x = x * jax.lax.rsqrt(jnp.sum(x * x, axis=(-2, -1), keepdims=True))
+    return jax.lax.complex(x[..., 0], x[..., 1])
 
 
 def projective_points(key, count, n, dtype=None):

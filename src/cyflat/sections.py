@@ -2,8 +2,11 @@
 
 A section basis holds a static exponent table ``exponents`` (N, n+1) and evaluates, in
 an affine patch (``z_patch = 1``), the values ``s_alpha`` (..., N) and their affine
-derivatives ``ds_alpha / dz_j`` (..., n, N).  Powers are precomputed once per point
-(``z_i^p``, p <= k) and monomials gathered from them: no per-point Python.
+derivatives ``ds_alpha / dz_j`` (..., n, N), or (:meth:`MonomialBasis.jets_hom`) values
+and derivatives along given tangent vectors (..., 1+D, N).  Monomials are built by the
+recursion "degree-j monomials = z_i times a suffix of the degree-(j-1) list" with the
+product rule carried along (forward mode by hand): slices, real multiplies and
+concatenations, no gathers and no per-point Python.
 
 * :class:`MonomialBasisFull` - all ``C(n+k, k)`` monomials.  For ``k >= deg Q`` they are
   linearly dependent on X (a warning says so).
@@ -64,17 +67,60 @@ class MonomialBasis:
         """N, the number of sections."""
         return self.exponents.shape[0]
 
-    def _powers(self, zh):
-        pows = [jnp.ones_like(zh)]
-        for _ in range(self.degree):
-            pows.append(pows[-1] * zh)
-        return jnp.stack(pows, axis=-1)  # (..., n+1, k+1)
+    @property
+    def _plan(self):
+        """Static evaluation plan (built once per basis, see :class:`_MonomialPlan`)."""
+        plan = self.__dict__.get("_plan_cache")
+        if plan is None:
+            plan = _MonomialPlan(self.n, self.degree, self.exponents)
+            self.__dict__["_plan_cache"] = plan
+        return plan
+
+    def jets_hom(self, zh, tangents=None, method="recursion"):
+        """Values and directional derivatives of the sections at homogeneous points.
+
+        Args:
+            zh: complex (..., n+1) homogeneous points.
+            tangents: complex (..., D, n+1) homogeneous tangent vectors, or None (D = 0).
+            method: ``"recursion"`` (fast, see :meth:`jets_hom_real`) or ``"powers"``
+                (power tables and gathers: slower, but a small program, cheap to compile
+                under nested autodiff such as the Ricci tensor).
+        Returns:
+            complex (..., 1+D, N): ``[..., 0, :] = s(zh)`` and
+            ``[..., 1+a, :] = sum_i t_ai ds/dz_i`` (derivative along tangent ``a``).
+        """
+        zh = jnp.asarray(zh)
+        zr, zi = jnp.real(zh), jnp.imag(zh)
+        tr = ti = None
+        if tangents is not None:
+            tangents = jnp.asarray(tangents)
+            tr, ti = jnp.real(tangents), jnp.imag(tangents)
+        if method == "powers":
+            xr, xi = self._plan.jets_powers(zr, zi, tr, ti)
+        elif method == "recursion":
+            xr, xi = self.jets_hom_real(zr, zi, tr, ti)
+        else:
+            raise ValueError(f"method must be 'recursion' or 'powers', got {method!r}")
+        return jax.lax.complex(xr, xi)
+
+    def jets_hom_real(self, zr, zi, tr=None, ti=None):
+        """:meth:`jets_hom` on real and imaginary parts: returns ``(Re X, Im X)`` (..., 1+D, N).
+
+        Forward-mode product rule along the recursive (lex) structure of the monomials:
+        the degree-j monomials are ``z_i`` times a contiguous suffix of the degree-(j-1)
+        ones, so evaluation is slices, real multiplies and concatenations (no gathers,
+        no complex arithmetic, which XLA's CPU backend vectorises poorly).  The cost is
+        about ``(1 + 2D) sum_j C(n+j, j)`` complex multiplies per point.
+        """
+        return _jets_jit(self, zr, zi, tr, ti)
 
     def values_hom(self, zh):
-        """Monomials at homogeneous points zh (..., n+1) -> (..., N)."""
-        pw = self._powers(zh)
-        cols = np.broadcast_to(np.arange(self.n + 1), self.exponents.shape)
-        return jnp.prod(pw[..., cols, self.exponents], axis=-1)
+        """Monomials at homogeneous points zh (..., n+1) -> (..., N).
+
+        Products of k gathered coordinates (static factor table): for values alone this
+        is faster than the recursion of :meth:`jets_hom` and much cheaper to compile
+        and to differentiate twice (Kaehler potentials under autodiff)."""
+        return _values_jit(self, jnp.asarray(zh))
 
     def __call__(self, zs, patch):
         """Section values at affine points zs (..., n) in ``patch`` -> (..., N)."""
@@ -82,19 +128,126 @@ class MonomialBasis:
 
     def values_and_jacobian(self, zs, patch):
         """Values (..., N) and affine derivatives ``ds_alpha/dz_j`` (..., n, N)."""
+        zs = jnp.asarray(zs)
         zh = proj.affine_to_hom(zs, patch)
-        pw = self._powers(zh)
-        e = self.exponents
-        cols = np.broadcast_to(np.arange(self.n + 1), e.shape)
-        values = jnp.prod(pw[..., cols, e], axis=-1)
-        eye = np.eye(self.n + 1, dtype=np.int32)
-        dexp = np.maximum(e[None] - eye[:, None, :], 0)  # (n+1, N, n+1)
-        dcols = np.broadcast_to(np.arange(self.n + 1), dexp.shape)
-        dhom = e.T * jnp.prod(pw[..., dcols, dexp], axis=-1)  # (..., n+1, N)
+        # Affine direction j is the homogeneous unit vector j + (j >= patch).
         patch = jnp.broadcast_to(jnp.asarray(patch, jnp.int32), zs.shape[:-1])
         rows = proj.index_affine_to_hom(jnp.arange(self.n), patch[..., None])  # (..., n)
-        daff = jnp.take_along_axis(dhom, rows[..., None], axis=-2)
-        return values, daff
+        tangents = (rows[..., None] == jnp.arange(self.n + 1)).astype(zs.dtype)  # (..., n, n+1)
+        X = self.jets_hom(zh, tangents)
+        return X[..., 0, :], X[..., 1:, :]
+
+
+@jax.jit
+def _values_jit(basis, zh):
+    return basis._plan.values(zh)
+
+
+@jax.jit
+def _jets_jit(basis, zr, zi, tr, ti):
+    # One compiled kernel per (basis, shapes): eager calls would otherwise dispatch (and
+    # compile) the recursion's many small operations one by one.
+    return basis._plan.jets(zr, zi, tr, ti)
+
+
+class _MonomialPlan:
+    """Static structure for evaluating a monomial basis by the recursion
+    ``m_j = concat_i z_i * m_{j-1}[start_{j-1,i}:]`` over the lex-ordered lists of all
+    degree-j monomials (``monomial_exponents``: the monomials in z_i..z_n form a suffix),
+    then selecting the basis rows with a few contiguous slices (a gather if there are
+    many runs; power tables if the rows are not degree-k monomials)."""
+
+    def __init__(self, n, degree, exponents):
+        self.n, self.degree = n, degree
+        # starts[j][i]: first degree-j monomial in the variables z_i..z_n (j = 0..k-1).
+        self.starts = [
+            [math.comb(n + j, j) - math.comb(n - i + j, j) for i in range(n + 1)] for j in range(degree)
+        ]
+        self.exponents = np.asarray(exponents, dtype=np.int32)
+        full = {tuple(e): r for r, e in enumerate(monomial_exponents(n, degree).tolist())}
+        rows = [full.get(tuple(e)) for e in self.exponents.tolist()]
+        self.rows = None if any(r is None for r in rows) else np.asarray(rows, dtype=np.int32)
+        runs = []
+        for r in [] if self.rows is None else self.rows.tolist():
+            if runs and runs[-1][1] == r:
+                runs[-1][1] = r + 1
+            else:
+                runs.append([r, r + 1])
+        self.runs = [tuple(r) for r in runs]
+        self.full_size = len(full)
+        # factors[alpha] = (i_1 <= ... <= i_k): s_alpha = z_i1 ... z_ik.
+        self.factors = None
+        if self.rows is not None:
+            self.factors = np.stack([np.repeat(np.arange(n + 1), e) for e in self.exponents]).astype(np.int32)
+            self.factors = self.factors.reshape(len(self.exponents), degree)
+
+    def values(self, zh):
+        """Monomial values (..., n+1) -> (..., N) (complex)."""
+        if self.factors is None:
+            xr, xi = self.jets_powers(jnp.real(zh), jnp.imag(zh), None, None)
+            return jax.lax.complex(xr, xi)[..., 0, :]
+        return jnp.prod(zh[..., self.factors], axis=-1)
+
+    def _select(self, x):
+        if len(self.runs) == 1 and self.runs[0] == (0, self.full_size):
+            return x
+        if len(self.runs) <= 8:
+            return jnp.concatenate([x[..., a:b] for a, b in self.runs], axis=-1)
+        return jnp.take(x, jnp.asarray(self.rows), axis=-1)
+
+    def jets(self, zr, zi, tr, ti):
+        """Real and imaginary parts: z (..., n+1), t (..., D, n+1) or None -> 2 x (..., 1+D, N)."""
+        zr, zi = jnp.asarray(zr), jnp.asarray(zi)
+        if self.rows is None:
+            return self.jets_powers(zr, zi, tr, ti)
+        S = zr.shape[:-1]
+        D = 0 if tr is None else tr.shape[-2]
+        dtype = zr.dtype
+        # Level 0: the monomial 1 with zero derivatives; (..., 1+D, 1).
+        jr = jnp.concatenate([jnp.ones(S + (1, 1), dtype), jnp.zeros(S + (D, 1), dtype)], axis=-2)
+        ji = jnp.zeros_like(jr)
+        if D:
+            # tt_i = (0, t_1i, ..., t_Di): the product rule adds tt_i * value to the jet.
+            zero = jnp.zeros(S + (1, self.n + 1), dtype)
+            ttr = jnp.concatenate([zero, jnp.asarray(tr, dtype)], axis=-2)
+            tti = jnp.concatenate([zero, jnp.asarray(ti, dtype)], axis=-2)
+        for j in range(self.degree):
+            pr, pi = [], []
+            for i, s in enumerate(self.starts[j]):
+                sr, si = jr[..., s:], ji[..., s:]
+                a, b = zr[..., i, None, None], zi[..., i, None, None]
+                re = a * sr - b * si
+                im = a * si + b * sr
+                if D:
+                    c, d = ttr[..., i, None], tti[..., i, None]
+                    vr, vi = sr[..., :1, :], si[..., :1, :]
+                    re = re + (c * vr - d * vi)
+                    im = im + (c * vi + d * vr)
+                pr.append(re)
+                pi.append(im)
+            jr = jnp.concatenate(pr, axis=-1)
+            ji = jnp.concatenate(pi, axis=-1)
+        return self._select(jr), self._select(ji)
+
+    def jets_powers(self, zr, zi, tr, ti):
+        """Power tables and gathers: exponent tables that are not degree-k monomials, and
+        nested autodiff (a much smaller program than the recursion)."""
+        z = jax.lax.complex(zr, zi)
+        e = self.exponents
+        pows = [jnp.ones_like(z)]
+        for _ in range(int(e.max(initial=0))):
+            pows.append(pows[-1] * z)
+        pw = jnp.stack(pows, axis=-1)  # (..., n+1, p+1)
+        cols = np.broadcast_to(np.arange(self.n + 1), e.shape)
+        values = jnp.prod(pw[..., cols, e], axis=-1)[..., None, :]  # (..., 1, N)
+        if tr is not None:
+            t = jax.lax.complex(jnp.asarray(tr), jnp.asarray(ti))
+            eye = np.eye(self.n + 1, dtype=np.int32)
+            dexp = np.maximum(e[None] - eye[:, None, :], 0)  # (n+1, N, n+1)
+            dcols = np.broadcast_to(np.arange(self.n + 1), dexp.shape)
+            dhom = e.T * jnp.prod(pw[..., dcols, dexp], axis=-1)  # (..., n+1, N)
+            values = jnp.concatenate([values, t @ dhom], axis=-2)
+        return jnp.real(values), jnp.imag(values)
 
 
 class MonomialBasisFull(MonomialBasis):
@@ -167,7 +320,8 @@ def gram_rank(variety, basis, params, count=None, rtol=None, key=None):
     count = count or max(4 * basis.size, 2000)
     key = jax.random.PRNGKey(0) if key is None else key
     with jax.enable_x64(True):
-        z = variety.sample_intersect(key, jnp.asarray(params, jnp.complex128), count, dtype=jnp.complex128)
+        params = variety.check_params(params, jnp.complex128)
+        z = variety.sample_intersect(key, params, count, dtype=jnp.complex128)
         s = np.asarray(basis.values_hom(z))
     gram = s.T @ s.conj() / count
     ev = np.linalg.eigvalsh(gram)
