@@ -278,7 +278,7 @@ class Hypersurface:
         if not jnp.issubdtype(cdtype, jnp.complexfloating):
             raise ValueError(f"dtype must be complex64 or complex128, got {cdtype}")
         params = self.check_params(params, cdtype).astype(cdtype)
-        return _run_sampler(self, key, params, count, cdtype)
+        return _sample_jit(self, key, params, count, cdtype)
 
     def sample_intersect(self, key, params, count, affine=False, weights=False, dtype=None):
         """Sample points on X (the interface of earlier libraries).
@@ -510,45 +510,7 @@ def _sample_impl(variety, key, params, count, dtype):
     return jax.tree_util.tree_map(lambda x: x.reshape(batch + x.shape[1:]), out)
 
 
-# XLA's CPU backend compiles this program about 40% faster with its classic loop
-# emitters than with the newer MLIR fusion emitters, at the same run time (measured with
-# jaxlib 0.10 on x86).  The option is scoped to this one jitted function (global JAX/XLA
-# configuration is untouched), ignored by other backends, and dropped automatically if
-# this XLA does not know it.
-_SAMPLER_COMPILER_OPTIONS = {"xla_cpu_use_fusion_emitters": False}
-_sample_jit_plain = jax.jit(_sample_impl, static_argnums=(0, 3, 4))
-try:
-    _sample_jit = jax.jit(_sample_impl, static_argnums=(0, 3, 4), compiler_options=_SAMPLER_COMPILER_OPTIONS)
-    _sampler_options_ok = True
-except TypeError:  # a JAX whose jit takes no compiler_options
-    _sample_jit = _sample_jit_plain
-    _sampler_options_ok = False
-
-
-def _run_sampler(variety, key, params, count, dtype):
-    global _sampler_options_ok
-    if _sampler_options_ok and not _tracing(key, params):
-        try:
-            return _sample_jit(variety, key, params, count, dtype)
-        except Exception as err:  # an XLA without this option: "No such compile option"
-            if "compile option" not in str(err) and "compiler_options" not in str(err):
-                raise
-            if "nested" not in str(err):
-                _sampler_options_ok = False
-    # inside a caller's jit/vmap/grad the caller's compilation applies (and JAX accepts
-    # compiler_options on top-level jits only)
-    return _sample_jit_plain(variety, key, params, count, dtype)
-
-
-def _tracing(*args):
-    if any(isinstance(x, jax.core.Tracer) for x in args):
-        return True
-    try:  # concrete arguments can still be inside a trace (closed over by a jitted function)
-        from jax._src import core as _core
-
-        return not _core.trace_state_clean()
-    except Exception:  # private API moved: rely on the error check in _run_sampler
-        return False
+_sample_jit = jax.jit(_sample_impl, static_argnums=(0, 3, 4))
 
 
 # -- presets --------------------------------------------------------------------------------
