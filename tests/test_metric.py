@@ -339,3 +339,24 @@ def test_input_validation(samples):
         MonomialBasisReduced(variety, 0)
     with pytest.raises(ValueError, match="P\\^"):
         AlgebraicMetric(variety, MonomialBasisFull(3, 2))
+
+
+def test_sigma_reports_points_where_the_metric_is_not_positive_definite():
+    """An indefinite H: eta <= 0 (or non-finite) points are left out of sigma and counted
+    in ``n_failed``, never averaged in; the value is the formula on the remaining points."""
+    k, count = 1, 20_000
+    metric = metric_for(FERMAT, None, k)
+    h = jnp.diag(jnp.array([1.0, 1.0, 1.0, 1.0, -0.3], jnp.complex128))
+    key = jax.random.PRNGKey(21)
+    est = metric.sigma_accuracy(key, None, h, count)
+    s = FERMAT.sample(key, None, count, dtype=jnp.complex128)  # what sigma_accuracy draws
+    eta = np.asarray(metric.eta(h, s.zs, None, s.patch, s.dependent))
+    w = np.asarray(s.weights)
+    good = np.isfinite(eta) & (eta > 0) & (w > 0)
+    assert 100 < (~good).sum() < count - 100  # the check below is not vacuous
+    assert int(est.n_failed) == int(s.n_failed) + int((~good & (w > 0)).sum())
+    wg, eg = w[good], eta[good]
+    eta_bar = (wg * eg).sum() / wg.sum()
+    ref = (wg * np.abs(eg / eta_bar - 1)).sum() / wg.sum()
+    assert np.isfinite(float(est.value))
+    np.testing.assert_allclose(float(est.value), ref, rtol=1e-10)

@@ -113,14 +113,11 @@ def cmd_donaldson(args):
     with jax.enable_x64(args.dtype == "float64"):
         variety = _variety_from_args(args)
         psi = _moduli_from_args(variety, args.psi)
-        if psi is not None:
-            from .singular import check_moduli
-
-            check_moduli(variety, psi, what="balanced metric", on_singular="raise" if args.refuse_singular else "warn")
         results = sigma_scan(
             variety, args.k, psi, jax.random.PRNGKey(args.seed), iterations=args.iterations,
             n_points=args.points, sigma_points=args.sigma_points,
             dtype=jax.numpy.float64 if args.dtype == "float64" else jax.numpy.float32,
+            on_singular="raise" if args.refuse_singular else "warn",
         )
     print(f"{'k':>3} {'N_k':>5} {'sigma':>9} {'+-':>8} {'seconds':>8}")
     for r in results:
@@ -139,10 +136,6 @@ def cmd_volume(args):
     with jax.enable_x64(args.dtype == "float64"):
         variety = _variety_from_args(args)
         psi = _moduli_from_args(variety, args.psi)
-        if psi is not None:
-            from .singular import check_moduli
-
-            check_moduli(variety, psi, what="volume estimate")
         cdtype = jax.numpy.complex128 if args.dtype == "float64" else jax.numpy.complex64
         est = variety.compute_vol(jax.random.PRNGKey(args.seed), psi, args.points, dtype=cdtype)
         print(f"{variety!r}")

@@ -68,6 +68,7 @@ import numpy as np
 
 from .metric import AlgebraicMetric, sigma_from_eta
 from .sections import MonomialBasis, MonomialBasisReduced
+from .singular import check_moduli
 from .variety import Hypersurface, MCEstimate
 
 __all__ = [
@@ -346,6 +347,7 @@ def balanced_metric(
     sigma_points=100_000,
     resample=False,
     verbose=False,
+    on_singular="warn",
 ) -> BalancedResult:
     """Balanced metric of degree k on a hypersurface by Donaldson's iteration.
 
@@ -364,6 +366,8 @@ def balanced_metric(
             ``sigma_points`` points.
         resample: draw fresh points every step (default: one fixed sample).
         verbose: print one line per step.
+        on_singular: ``'warn'`` (default), ``'raise'`` or ``'ignore'`` at singular or
+            nearly singular moduli (:func:`cyflat.singular.check_moduli`).
     Returns:
         :class:`BalancedResult`.
     Raises:
@@ -380,6 +384,7 @@ def balanced_metric(
     params = variety.check_params(params)
     if params.ndim != 1:
         raise ValueError(f"balanced_metric takes one moduli value, params of shape (m,), got {params.shape}")
+    check_moduli(variety, np.asarray(params), on_singular=on_singular, what="balanced metric")
     params = jnp.asarray(params).astype(cdtype)
     key = jax.random.PRNGKey(0) if key is None else key
     if basis is None:
@@ -464,8 +469,11 @@ def sigma_scan(
     sigma_points=100_000,
     dtype=None,
     verbose=False,
+    on_singular="warn",
 ):
     """Balanced metrics for each k in ``degrees`` and their sigma accuracy.
+
+    ``on_singular`` as in :func:`balanced_metric` (the moduli are checked once).
 
     Returns a list of dicts (one per k) with keys ``k``, ``basis_size``, ``n_points``,
     ``sigma``, ``stderr``, ``sigma_fs``/``sigma_fs_stderr`` (k = 1 only: H = identity,
@@ -477,13 +485,15 @@ def sigma_scan(
     degrees = list(degrees)
     if not degrees or any(isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1 for k in degrees):
         raise ValueError(f"degrees must be a non-empty sequence of integers >= 1, got {degrees!r}")
+    if params is not None:
+        check_moduli(variety, params, on_singular=on_singular, what="balanced metric")
     k_iter, k_sigma = jax.random.split(key)
     rows = []
     for k in degrees:
         t0 = time.perf_counter()
         res = balanced_metric(
             variety, k, params, jax.random.fold_in(k_iter, int(k)),
-            n_points=n_points, iterations=iterations, dtype=dtype, verbose=verbose,
+            n_points=n_points, iterations=iterations, dtype=dtype, verbose=verbose, on_singular="ignore",
         )
         est = sigma_chunked(res.metric, k_sigma, params, res.h, sigma_points)
         row = dict(

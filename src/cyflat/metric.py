@@ -30,6 +30,7 @@ import numpy as np
 
 from . import projective as proj
 from .sections import MonomialBasis, warn_if_dependent
+from .singular import check_moduli
 from .variety import Hypersurface, MCEstimate, _jacobian_from_grad, det_small
 
 __all__ = ["AlgebraicMetric", "LocalMetric", "ricci_tensor", "sigma_from_eta"]
@@ -299,13 +300,16 @@ class AlgebraicMetric:
         return _ricci_scalar_jit(self, h, params, zs, patch, dependent)
 
     # -- accuracy -------------------------------------------------------------------------
-    def sigma_accuracy(self, key, params, h, count=100_000) -> MCEstimate:
+    def sigma_accuracy(self, key, params, h, count=100_000, on_singular="warn") -> MCEstimate:
         """sigma accuracy of H on ``count`` fresh intersection samples per moduli value.
 
         ``params`` (*M, m) and ``h`` (*M, N, N) (either may be unbatched).  Returns
         :class:`~cyflat.variety.MCEstimate` batched over M; points where the metric is
-        not positive definite are excluded and counted in ``n_failed``.
+        not positive definite are excluded and counted in ``n_failed``.  At singular or
+        nearly singular moduli it warns, raises ``ValueError`` (``on_singular='raise'``)
+        or not (``'ignore'``), see :func:`cyflat.singular.check_moduli`.
         """
+        check_moduli(self.variety, params, on_singular=on_singular, what="sigma accuracy")
         h = self.check_h(h)
         params = self.variety.check_params(params, h.dtype)
         M = params.shape[:-1] if params.ndim - 1 >= h.ndim - 2 else h.shape[:-2]

@@ -122,11 +122,15 @@ def singularity_report(variety, params, tol=DEFAULT_TOL, key=None) -> Singularit
 
 def check_moduli(variety, params, tol=DEFAULT_TOL, on_singular="warn", what="computation"):
     """Warn (``on_singular='warn'``), raise ``ValueError`` (``'raise'``) or do nothing
-    (``'ignore'``) when ``params`` make the variety singular or nearly so."""
+    (``'ignore'``) when ``params`` make the variety singular or nearly so.
+
+    Exact for families with a known discriminant; otherwise a Newton search
+    (:func:`min_relative_gradient`, a compile and about a second).  Traced ``params``
+    are not checked."""
     if on_singular not in ("warn", "raise", "ignore"):
         raise ValueError(f"on_singular must be 'warn', 'raise' or 'ignore', got {on_singular!r}")
-    if on_singular == "ignore" or variety.num_params == 0:
-        return
+    if on_singular == "ignore" or variety.num_params == 0 or isinstance(params, jax.core.Tracer):
+        return  # (traced moduli, inside a caller's jit/vmap, cannot be inspected)
     rep = singularity_report(variety, params, tol)
     bad = np.atleast_1d(rep.singular)
     if np.any(bad):

@@ -292,11 +292,16 @@ class Hypersurface:
         out = (s.zs, s.patch) if affine else proj.normalize(proj.affine_to_hom(s.zs, s.patch))
         return (out, s.weights) if weights else out
 
-    def compute_vol(self, key, params, count=100_000, dtype=None) -> MCEstimate:
+    def compute_vol(self, key, params, count=100_000, dtype=None, on_singular="warn") -> MCEstimate:
         """Omega-volume ``int_X |Omega|^2`` with its Monte Carlo standard error.
 
         Returns :class:`MCEstimate` (value, stderr, ess, n_failed), batched like ``params``.
+        At singular or nearly singular moduli (:func:`cyflat.singular.check_moduli`) it
+        warns, raises ``ValueError`` (``on_singular='raise'``) or not (``'ignore'``).
         """
+        from .singular import check_moduli
+
+        check_moduli(self, params, on_singular=on_singular, what="volume estimate")
         s = self.sample(key, params, count, dtype)
         return weighted_mean_estimate(jnp.ones_like(s.weights), s.weights, s.n_failed, scale=self.vol_fs)
 
