@@ -235,3 +235,25 @@ def test_sigkill_then_resume(tmp_path):
     assert steps == list(range(4, 401, 4))
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 400
+
+
+def test_training_loop_traces_a_fixed_number_of_functions(tmp_path):
+    """No recompilation inside the training loop: a run of 24 steps (6 sampler refills, 3
+    validations, 3 checkpoints) traces exactly as many functions as a run of 8 steps."""
+    counting = {"on": False, "n": 0}
+
+    def listener(event, duration, **kwargs):
+        if counting["on"] and event == "/jax/core/compile/jaxpr_trace_duration":
+            counting["n"] += 1
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    tr.fit(tiny(tmp_path, "warm", "train.steps=8"), progress=False, evaluate=False)  # module-level caches
+
+    def traces(name, steps):
+        counting.update(on=True, n=0)
+        tr.fit(tiny(tmp_path, name, f"train.steps={steps}"), progress=False, evaluate=False)
+        counting["on"] = False
+        return counting["n"]
+
+    short, long = traces("short", 8), traces("long", 24)
+    assert short > 0 and long == short, (short, long)
