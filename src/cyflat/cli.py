@@ -39,6 +39,8 @@ def _moduli_from_args(variety, psi_text):
     from .config import parse_complex
 
     m = variety.num_params
+    if psi_text is not None and m == 0:
+        raise UsageError(f"--psi: {variety!r} has no moduli; leave out --psi")
     if psi_text is None:
         if m:
             raise UsageError(f"--psi: the variety has moduli {list(variety.param_names)}; give {m} value(s)")
@@ -197,10 +199,16 @@ def build_parser():
     return p
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    """Warnings as one line on stderr (no source path or code line)."""
+    print(f"cyflat: warning: {message}", file=sys.stderr if file is None else file)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     warnings.filterwarnings("default", module="cyflat")
+    warnings.showwarning = _show_warning
     try:
         return args.func(args)
     except (ValueError, FloatingPointError, FileNotFoundError) as err:

@@ -47,7 +47,9 @@ def parse_polynomial(expr, params: Sequence[str] = (), n: int | None = None):
         try:
             parsed = sp.sympify(expr, locals=local)
         except (sp.SympifyError, SyntaxError, TypeError) as err:
-            raise ValueError(f"cannot parse polynomial {expr!r}: {err}") from None
+            detail = getattr(err, "base_exc", None) or err
+            detail = " ".join(f"{type(detail).__name__}: {detail}".split())  # one line
+            raise ValueError(f"cannot parse polynomial {expr!r} ({detail})") from None
         expr = parsed
     if not isinstance(expr, sp.Expr):
         raise ValueError(f"polynomial must be a sympy expression or a string, got {type(expr).__name__}")

@@ -19,9 +19,11 @@ Scale-out: the moduli axis of every batch is sharded over all visible JAX device
 
 from __future__ import annotations
 
+import difflib
 import json
 import math
 import os
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +52,9 @@ METRICS = "metrics.jsonl"
 # -- building blocks ------------------------------------------------------------------------
 
 
+PRESET_VARIETIES = ("fermat", "dwork", "quintic-2param")
+
+
 def build_variety(cfg: Config) -> Hypersurface:
     v = cfg.variety
     if v.name == "dwork":
@@ -58,6 +63,13 @@ def build_variety(cfg: Config) -> Hypersurface:
         return Fermat(v.dim)
     if v.name == "quintic-2param":
         return TwoParameterQuintic()
+    if re.fullmatch(r"[A-Za-z_][\w-]*", v.name.strip()) and not re.fullmatch(r"z\d+", v.name.strip()):
+        # a bare name, not a polynomial: a misspelled preset
+        near = difflib.get_close_matches(v.name.strip(), PRESET_VARIETIES, n=1)
+        hint = f"did you mean {near[0]!r}? " if near else ""
+        raise ValueError(
+            f"unknown variety {v.name!r}: {hint}(presets: {', '.join(PRESET_VARIETIES)}, or a polynomial in z0..zn)"
+        )
     return Hypersurface(v.name, params=tuple(v.params))
 
 
