@@ -327,6 +327,13 @@ def test_input_validation(samples):
         metric.eta(jnp.eye(N + 1, dtype=jnp.complex128), zs, params, patch)
     with pytest.raises(ValueError, match="h"):
         metric.eta(jnp.ones((N,), jnp.complex128), zs, params, patch)
+    not_hermitian = jnp.eye(N, dtype=jnp.complex128).at[0, 1].set(0.5)
+    with pytest.raises(ValueError, match="h must be hermitian"):
+        metric.eta(not_hermitian, zs, params, patch)
+    with pytest.raises(ValueError, match="h has non-finite"):
+        metric.sigma_accuracy(jax.random.PRNGKey(0), params, jnp.eye(N, dtype=jnp.complex128) * jnp.nan, 100)
+    # hermitian up to round-off (a product A A^dagger) is accepted
+    metric.eta(random_h(7, N), zs, params, patch)
     with pytest.raises(ValueError, match="zs"):
         metric.eta(jnp.eye(N, dtype=jnp.complex128), zs[:, :3], params, patch)
     with pytest.raises(ValueError, match="zs"):

@@ -133,7 +133,8 @@ class AlgebraicMetric:
 
     # -- input checks ---------------------------------------------------------------------
     def check_h(self, h):
-        """Validate H: complex (..., N, N) with N the number of sections."""
+        """Validate H: complex (..., N, N) with N the number of sections; concrete (not
+        traced) H must also be finite and hermitian to round-off."""
         h = jnp.asarray(h)
         N = self.basis_size
         if h.ndim < 2 or h.shape[-1] != h.shape[-2]:
@@ -142,6 +143,13 @@ class AlgebraicMetric:
             raise ValueError(f"h has size {h.shape[-1]} but there are {N} sections ({self.sections!r})")
         if not jnp.issubdtype(h.dtype, jnp.complexfloating):
             h = h.astype(jnp.result_type(h.dtype, jnp.complex64))
+        if not isinstance(h, jax.core.Tracer):  # values of traced H cannot be inspected
+            hv = np.asarray(h)
+            if not np.all(np.isfinite(hv)):
+                raise ValueError("h has non-finite entries")
+            asym = np.max(np.abs(hv - np.conj(np.swapaxes(hv, -1, -2))), initial=0.0)
+            if asym > 100 * np.finfo(hv.dtype).eps * max(np.max(np.abs(hv), initial=0.0), 1e-300):
+                raise ValueError(f"h must be hermitian: max |H - H^dagger| = {asym:.3g}")
         return h
 
     def _check_points(self, zs, patch):
