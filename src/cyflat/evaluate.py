@@ -177,14 +177,18 @@ def _plot_training(records, path):
 
 def _plot_moduli(moduli, net, fs, ident, path, names):
     m = moduli.shape[1]
-    if m == 1 and moduli.shape[0] > 1:
-        fig = _figure(figsize=(5.5, 4.5))
-        ax = fig.subplots()
-        sc = ax.scatter(moduli[:, 0].real, moduli[:, 0].imag, c=net, s=120, marker="s", cmap="viridis")
-        fig.colorbar(sc, ax=ax, label="sigma (network)")
-        ax.set_xlabel(f"Re {names[0]}")
-        ax.set_ylabel(f"Im {names[0]}")
-        ax.set_title("sigma over the moduli region")
+    x, y = (moduli[:, 0].real, moduli[:, 0].imag) if m == 1 else (None, None)
+    if m == 1 and len(x) >= 3 and np.linalg.matrix_rank(np.stack([x - x[0], y - y[0]])) == 2:
+        # Heat maps (linear interpolation on a triangulation of the evaluated moduli, which
+        # are marked), the network next to the Fubini-Study metric.
+        fig = _figure(figsize=(10, 4.2))
+        for ax, vals, label in zip(fig.subplots(1, 2), (net, fs), ("network", "Fubini-Study")):
+            tc = ax.tripcolor(x, y, vals, shading="gouraud", cmap="viridis")
+            ax.plot(x, y, "k.", ms=3)
+            fig.colorbar(tc, ax=ax, label=f"sigma ({label})")
+            ax.set_xlabel(f"Re {names[0]}")
+            ax.set_ylabel(f"Im {names[0]}")
+            ax.set_title(f"sigma over the moduli region: {label}")
     else:
         fig = _figure(figsize=(4.5 * max(m, 1), 3.8))
         axes = np.atleast_1d(fig.subplots(1, max(m, 1)))
