@@ -332,6 +332,21 @@ def test_input_validation(samples):
         metric.eta(not_hermitian, zs, params, patch)
     with pytest.raises(ValueError, match="h has non-finite"):
         metric.sigma_accuracy(jax.random.PRNGKey(0), params, jnp.eye(N, dtype=jnp.complex128) * jnp.nan, 100)
+    eye = jnp.eye(N, dtype=jnp.complex128)
+    with pytest.raises(ValueError, match="patch must lie in"):
+        metric.eta(eye, zs, params, jnp.full_like(patch, 9))
+    with pytest.raises(ValueError, match="dependent must lie in"):
+        metric.eta(eye, zs, params, patch, jnp.full_like(patch, -1))
+    with pytest.raises(ValueError, match="dependent must be an integer"):
+        metric.eta(eye, zs, params, patch, jnp.zeros(patch.shape))
+    with pytest.raises(ValueError, match="does not match"):
+        metric.eta(eye, zs, params, patch[:2])
+    with pytest.raises(ValueError, match="patch must lie in"):
+        metric.sections(zs, jnp.full_like(patch, -1))
+    with pytest.raises(ValueError, match="row sums"):
+        cyflat.sections.MonomialBasis(4, 2, [[1, 0, 0, 0, 0], [3, -1, 0, 0, 0]])
+    with pytest.raises(ValueError, match="table"):
+        cyflat.sections.MonomialBasis(4, 2, [[2, 0, 0, 0]])
     # hermitian up to round-off (a product A A^dagger) is accepted
     metric.eta(random_h(7, N), zs, params, patch)
     with pytest.raises(ValueError, match="zs"):

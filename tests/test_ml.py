@@ -136,6 +136,15 @@ def test_hnet_num_features_and_input_size():
     for m in (1, 2):
         variables = jax.eval_shape(net.init, jax.random.PRNGKey(0), jnp.ones((m,), jnp.complex128))
         assert variables["params"]["hidden_0"]["kernel"].shape == (net.input_size(m), 8)
+    psi = jnp.ones((1,), jnp.complex128)
+    for bad, match in (
+        (dict(powers=()), "powers"), (dict(powers=(0,)), "powers"), (dict(layer_sizes=(0,)), "layer_sizes"),
+        (dict(dropout_rate=1.5), "dropout_rate"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            ml.HNetMLP(basis_size=3, **bad).init(jax.random.PRNGKey(0), psi)
+    with pytest.raises(ValueError, match="at least one modulus"):
+        ml.HNetMLP(basis_size=3).init(jax.random.PRNGKey(0), jnp.zeros((0,), jnp.complex128))
     net2 = ml.HNetMLP(basis_size=3, layer_sizes=(8,), feature_angle=False, feature_abs=False)
     assert net2.input_size(2) == 30
     variables = jax.eval_shape(net2.init, jax.random.PRNGKey(0), jnp.ones((2,), jnp.complex128))
@@ -591,3 +600,14 @@ def test_loss_decreases_with_adam_hnet(metric_problem):
 
     losses = _adam(loss_and_grad, net_params)
     assert np.mean(losses[-5:]) < 0.8 * losses[0], (losses[0], losses[-5:])
+
+
+def test_loss_names_the_sample_tuple():
+    """A cyflat ``Sample`` (5 fields) is not the loss's (params, zs, patch, weights) tuple."""
+    X = cyflat.Fermat(1)
+    s = X.sample(jax.random.PRNGKey(0), None, 12)
+    metric = cyflat.AlgebraicMetric(X, cyflat.MonomialBasisFull(2, 1))
+    with pytest.raises(ValueError, match=r"\(params, zs, patch, weights\)"):
+        ml.variance_eta_loss(H3, s, metric)
+    loss = ml.variance_eta_loss(H3, (jnp.zeros((0,)), s.zs, s.patch, s.weights), metric)
+    assert np.isfinite(float(loss))

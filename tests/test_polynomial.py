@@ -54,6 +54,11 @@ def _dense(n, degree, seed):
         ("z0**3 + z1**3 + z5**3", (), 2, "P\\^2"),
         ("psi + psi", ("psi",), None, "no coordinates"),
         ("z0**2*psi + z1**2", ("psi", "psi"), None, "duplicate"),
+        ("z0**4/z1 + z1**3 + z2**3", (), None, "not a polynomial"),
+        ("sin(z0) + z1**3 + z2**3", (), None, "not a polynomial"),
+        ("zoo*z0**3 + z1**3 + z2**3", (), None, "non-finite coefficient"),
+        ("nan*z0**3 + z1**3 + z2**3", (), None, "non-finite coefficient"),
+        ("z00**3 + z1**3 + z2**3", (), None, "unknown symbol"),
     ],
 )
 def test_bad_polynomials_raise_value_error(expr, params, n, match):
@@ -208,3 +213,12 @@ def test_line_coefficients_match_direct_evaluation(name):
     # leading and constant coefficients are Q(q) and Q(p)
     np.testing.assert_allclose(a[:, 0], _numpy_eval(poly, p, coeffs), rtol=1e-12, atol=1e-13)
     np.testing.assert_allclose(a[:, -1], _numpy_eval(poly, q, coeffs), rtol=1e-12, atol=1e-13)
+
+
+def test_single_parameter_name_as_string_and_finite_moduli():
+    poly = Polynomial("z0**3 + z1**3 + z2**3 - 3*psi*z0*z1*z2", params="psi")
+    assert poly.param_names == ("psi",)
+    with pytest.raises(ValueError, match="finite"):
+        poly.check_params(jnp.array([jnp.nan]))
+    with pytest.raises(ValueError, match="finite"):
+        poly.coefficients(jnp.array([jnp.inf + 0j]))

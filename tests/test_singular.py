@@ -145,3 +145,11 @@ def test_entry_points_warn_or_refuse_at_singular_moduli():
         X.compute_vol(key, node, 1000, on_singular="ignore")
         # traced moduli (inside a caller's jit) are not inspected
         jax.jit(lambda p: X.compute_vol(key, p, 1000).value)(node)
+
+
+def test_variety_without_moduli_checked_on_request():
+    """``singularity_report(X, None)``: a surface with a singular point (z0 = z2 = z3 = 0
+    on z0^2 z1^2 + z2^4 + z3^4) is found by the Newton search; the Fermat quartic is not."""
+    bad = cyflat.Hypersurface("z0**2*z1**2 + z2**4 + z3**4")
+    assert bool(singularity_report(bad, None).singular)
+    assert not bool(singularity_report(cyflat.Fermat(2), None).singular)

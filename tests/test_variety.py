@@ -561,3 +561,11 @@ def test_compaction_keeps_order_and_marks_shortfall():
     idx, filled = jax.jit(_compact_indices, static_argnums=1)(ok, 6)
     np.testing.assert_array_equal(idx, [5, 7, 19, 5, 5, 5])
     np.testing.assert_array_equal(filled, [True, True, True, False, False, False])
+
+
+def test_estimate_counts_only_filled_slots_and_is_nan_without_any():
+    w = jnp.array([[2.0, 0.0, 4.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    est = weighted_mean_estimate(jnp.ones_like(w), w, 0)
+    np.testing.assert_allclose(est.value[0], 3.0)  # mean over the two filled slots
+    np.testing.assert_allclose(est.stderr[0], np.std([2.0, 4.0], ddof=1) / np.sqrt(2))
+    assert np.isnan(est.value[1]) and np.isnan(est.stderr[1])

@@ -436,6 +436,11 @@ def variance_eta_loss(h, sample, algebraic_metric, negative_penalty=NEGATIVE_ETA
     Returns:
         real scalar loss (dtype of eta).
     """
+    if len(sample) != 4:
+        raise ValueError(
+            f"sample must be the tuple (params, zs, patch, weights) for one moduli value, got {len(sample)} "
+            "entries (from a cyflat Sample s use (params, s.zs, s.patch, s.weights))"
+        )
     params, zs, patch, weights = sample
     zs = jnp.asarray(zs)
     patch = jnp.asarray(patch)
@@ -565,6 +570,16 @@ class HNetMLP(nn.Module):
             raise ValueError(f"basis_size must be a positive integer, got {N!r}")
         if isinstance(self.moduli_scale, (int, float, np.number)) and not self.moduli_scale > 0:
             raise ValueError(f"moduli_scale must be positive, got {self.moduli_scale!r}")
+        if any(isinstance(p, bool) or not isinstance(p, (int, np.integer)) or p < 0 for p in self.powers) or not any(
+            p > 0 for p in self.powers
+        ):
+            raise ValueError(f"powers must be non-negative integers, at least one positive, got {self.powers!r}")
+        if any(isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1 for n in self.layer_sizes):
+            raise ValueError(f"layer_sizes must be positive integers, got {self.layer_sizes!r}")
+        if not 0 <= self.dropout_rate < 1:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate!r}")
+        if jnp.shape(moduli)[-1:] == (0,):
+            raise ValueError("HNetMLP needs at least one modulus (got an input with 0 moduli)")
         if not (self.feature_angle or self.feature_abs or self.feature_parts):
             raise ValueError("HNetMLP: at least one of feature_angle, feature_abs, feature_parts must be on")
         pdtype = jnp.result_type(float if self.param_dtype is None else self.param_dtype)

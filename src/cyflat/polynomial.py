@@ -26,7 +26,7 @@ import sympy as sp
 
 __all__ = ["Polynomial", "parse_polynomial"]
 
-_VAR_RE = re.compile(r"^z(\d+)$")
+_VAR_RE = re.compile(r"^z(0|[1-9]\d*)$")
 
 
 def parse_polynomial(expr, params: Sequence[str] = (), n: int | None = None):
@@ -36,6 +36,8 @@ def parse_polynomial(expr, params: Sequence[str] = (), n: int | None = None):
     the problem for strings that do not parse, unknown symbols, variable indices that
     skip a value, or an empty polynomial.
     """
+    if isinstance(params, str):
+        params = (params,)  # one name, not its characters
     params = tuple(str(p) for p in params)
     for p in params:
         if _VAR_RE.match(p):
@@ -53,6 +55,8 @@ def parse_polynomial(expr, params: Sequence[str] = (), n: int | None = None):
         expr = parsed
     if not isinstance(expr, sp.Expr):
         raise ValueError(f"polynomial must be a sympy expression or a string, got {type(expr).__name__}")
+    if expr.has(sp.zoo, sp.oo, -sp.oo, sp.nan):
+        raise ValueError(f"polynomial {sp.sstr(expr)!r} has a non-finite coefficient (oo, zoo or nan)")
     expr = sp.expand(expr)
     if expr == 0:
         raise ValueError("the polynomial is identically zero")
@@ -108,7 +112,16 @@ class Polynomial:
 
     def __init__(self, expr, params: Sequence[str] = (), n: int | None = None):
         expr, variables, param_symbols = parse_polynomial(expr, params, n)
-        poly = sp.Poly(expr, *variables)
+        try:
+            poly = sp.Poly(expr, *variables)
+        except sp.PolynomialError as err:
+            raise ValueError(
+                f"{sp.sstr(expr)!r} is not a polynomial in {[str(v) for v in variables]} "
+                f"({' '.join(str(err).split())})"
+            ) from None
+        bad = [c for c in poly.coeffs() if c.free_symbols & set(variables)]
+        if bad:
+            raise ValueError(f"{sp.sstr(expr)!r} is not a polynomial in the coordinates")
         degrees = {sum(monom) for monom in poly.monoms()}
         if len(degrees) != 1:
             raise ValueError(
@@ -172,6 +185,8 @@ class Polynomial:
                 f"params: expected {m} moduli {list(self.param_names)} along the last axis, "
                 f"got shape {tuple(params.shape)}"
             )
+        if not isinstance(params, jax.core.Tracer) and not np.all(np.isfinite(np.asarray(params))):
+            raise ValueError(f"params: moduli must be finite, got {np.asarray(params).tolist()}")
         return params.astype(jnp.promote_types(params.dtype, cdtype))
 
     def coefficients(self, params, dtype=None):

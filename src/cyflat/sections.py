@@ -50,7 +50,12 @@ class MonomialBasis:
             raise ValueError(f"degree k of the sections must be an integer >= 1, got {degree!r}")
         self.n = int(n)
         self.degree = int(degree)
-        self.exponents = np.asarray(exponents, dtype=np.int32)
+        exps = np.asarray(exponents)
+        if exps.ndim != 2 or exps.shape[1] != self.n + 1 or exps.shape[0] == 0:
+            raise ValueError(f"exponents must be a non-empty table (N, {self.n + 1}), got shape {exps.shape}")
+        if not np.issubdtype(exps.dtype, np.integer) or np.any(exps < 0) or np.any(exps.sum(axis=1) != self.degree):
+            raise ValueError(f"exponents must be non-negative integers with row sums equal to the degree {self.degree}")
+        self.exponents = exps.astype(np.int32)
         self._key = (type(self).__name__, self.n, self.degree, self.exponents.tobytes())
 
     def __hash__(self):
@@ -124,6 +129,14 @@ class MonomialBasis:
 
     def __call__(self, zs, patch):
         """Section values at affine points zs (..., n) in ``patch`` -> (..., N)."""
+        zs = jnp.asarray(zs)
+        if zs.ndim < 1 or zs.shape[-1] != self.n:
+            raise ValueError(f"zs must be affine points (..., {self.n}), got shape {zs.shape}")
+        patch = jnp.asarray(patch)
+        if not isinstance(patch, jax.core.Tracer) and patch.size:
+            v = np.asarray(patch)  # on the host (jnp operations would be staged under jit)
+            if v.min() < 0 or v.max() > self.n:
+                raise ValueError(f"patch must lie in [0, {self.n}], got values in [{v.min()}, {v.max()}]")
         return self.values_hom(proj.affine_to_hom(zs, patch))
 
     def values_and_jacobian(self, zs, patch):

@@ -16,6 +16,7 @@ or larger for the presets).
 
 from __future__ import annotations
 
+import math
 import warnings
 
 import jax
@@ -58,7 +59,7 @@ def min_relative_gradient(variety, params, key=None, starts=1024, newton_steps=4
         params = jnp.asarray(variety.check_params(params, jnp.complex128), jnp.complex128)
         key = jax.random.PRNGKey(0) if key is None else key
         batched = params.ndim > 1
-        flat = params.reshape((-1, params.shape[-1]))
+        flat = params.reshape((math.prod(params.shape[:-1]), params.shape[-1]))
         out = _search(variety, key, flat, starts, newton_steps)
         out = np.asarray(out)
         return out if batched else out[0]
@@ -106,7 +107,7 @@ def singularity_report(variety, params, tol=DEFAULT_TOL, key=None) -> Singularit
     (:meth:`Hypersurface.known_singular_params`), else NaN.
     """
     params = np.asarray(variety.check_params(params, jnp.complex128))
-    flat = params.reshape((-1, params.shape[-1]))
+    flat = params.reshape((int(np.prod(params.shape[:-1])), params.shape[-1]))
     known = variety.known_singular_params()
     if known is not None:
         dist = np.min(np.linalg.norm(flat[:, None, :] - np.asarray(known)[None], axis=-1), axis=-1)
@@ -126,7 +127,8 @@ def check_moduli(variety, params, tol=DEFAULT_TOL, on_singular="warn", what="com
 
     Exact for families with a known discriminant; otherwise a Newton search
     (:func:`min_relative_gradient`, a compile and about a second).  Traced ``params``
-    are not checked."""
+    are not checked, and neither are varieties without moduli (a fixed variety is
+    checked once, on request, with :func:`singularity_report`)."""
     if on_singular not in ("warn", "raise", "ignore"):
         raise ValueError(f"on_singular must be 'warn', 'raise' or 'ignore', got {on_singular!r}")
     if on_singular == "ignore" or variety.num_params == 0 or isinstance(params, jax.core.Tracer):

@@ -312,12 +312,21 @@ jax.tree_util.register_pytree_node(Hypersurface, lambda x: ((), x), lambda aux, 
 
 
 def weighted_mean_estimate(f, w, n_failed, scale=1.0) -> MCEstimate:
-    """``scale * mean(f w)`` over the last axis with standard error and effective sample size."""
-    fw = f * w
-    n = fw.shape[-1]
-    mean = jnp.mean(fw, axis=-1)
-    stderr = jnp.std(fw, axis=-1, ddof=1) / jnp.sqrt(n)
-    ess = jnp.sum(w, axis=-1) ** 2 / jnp.sum(w**2, axis=-1)
+    """``scale * mean(f w)`` over the last axis with standard error and effective sample size.
+
+    Only points with a positive weight count (weight 0 marks a slot the sampler could
+    not fill); with none the value and error are NaN, never a plausible 0.
+    """
+    ok = w > 0
+    n = jnp.sum(ok, axis=-1)
+    fw = jnp.where(ok, f * w, 0)
+    mean = jnp.sum(fw, axis=-1) / n
+    var = jnp.sum(jnp.where(ok, (fw - mean[..., None]) ** 2, 0), axis=-1) / (n - 1)
+    stderr = jnp.sqrt(var / n)
+    nan = jnp.asarray(jnp.nan, mean.dtype)
+    mean, stderr = jnp.where(n > 0, mean, nan), jnp.where(n > 1, stderr, nan)
+    wz = jnp.where(ok, w, 0)
+    ess = jnp.sum(wz, axis=-1) ** 2 / jnp.sum(wz**2, axis=-1)
     return MCEstimate(scale * mean, scale * stderr, ess, n_failed)
 
 
