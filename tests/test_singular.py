@@ -145,6 +145,8 @@ def test_entry_points_warn_or_refuse_at_singular_moduli():
         X.compute_vol(key, node, 1000, on_singular="ignore")
         # traced moduli (inside a caller's jit) are not inspected
         jax.jit(lambda p: X.compute_vol(key, p, 1000).value)(node)
+    with pytest.warns(UserWarning, match="singular"):  # concrete moduli closed over by a jit: checked
+        jax.jit(lambda: X.compute_vol(key, node, 1000).value)()
 
 
 def test_variety_without_moduli_checked_on_request():

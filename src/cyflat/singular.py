@@ -133,7 +133,10 @@ def check_moduli(variety, params, tol=DEFAULT_TOL, on_singular="warn", what="com
         raise ValueError(f"on_singular must be 'warn', 'raise' or 'ignore', got {on_singular!r}")
     if on_singular == "ignore" or variety.num_params == 0 or isinstance(params, jax.core.Tracer):
         return  # (traced moduli, inside a caller's jit/vmap, cannot be inspected)
-    rep = singularity_report(variety, params, tol)
+    try:
+        rep = singularity_report(variety, params, tol)
+    except jax.errors.TracerArrayConversionError:
+        return  # moduli staged inside a caller's jit: not inspectable
     bad = np.atleast_1d(rep.singular)
     if np.any(bad):
         flat = np.asarray(params).reshape((-1, variety.num_params))[np.flatnonzero(bad)]
