@@ -75,23 +75,6 @@ def sigma_from_eta(eta, weights, n_failed=0):
     return MCEstimate(sigma[..., 0], stderr, ess, jnp.asarray(n_failed) + bad)
 
 
-def _check_index(name, idx, size, shape):
-    """Integer index array broadcast to ``shape`` (int32); concrete values must lie in
-    ``[0, size)`` (an index outside would be clamped or wrap silently inside JAX)."""
-    idx = jnp.asarray(idx)
-    if not jnp.issubdtype(idx.dtype, jnp.integer):
-        raise ValueError(f"{name} must be an integer array, got dtype {idx.dtype}")
-    try:
-        idx = jnp.broadcast_to(idx, shape)
-    except ValueError:
-        raise ValueError(f"{name} of shape {idx.shape} does not match the points' shape {shape}") from None
-    if not isinstance(idx, jax.core.Tracer) and idx.size:
-        v = np.asarray(idx)  # on the host: jnp operations would be staged inside a caller's jit
-        if v.min() < 0 or v.max() >= size:
-            raise ValueError(f"{name} must lie in [0, {size - 1}], got values in [{v.min()}, {v.max()}]")
-    return idx.astype(jnp.int32)
-
-
 def _map_moduli(block, h, params, *point_args):
     """Apply ``block(h, params, *point_args)`` with one vmap per moduli axis."""
     mh, mp = h.shape[:-2], params.shape[:-1]
@@ -176,7 +159,7 @@ class AlgebraicMetric:
             raise ValueError(f"zs must be affine points (..., {n}), got shape {zs.shape}")
         if not jnp.issubdtype(zs.dtype, jnp.complexfloating):
             zs = zs.astype(jnp.result_type(zs.dtype, jnp.complex64))
-        return zs, _check_index("patch", patch, n + 1, zs.shape[:-1])
+        return zs, proj.check_index("patch", patch, n + 1, zs.shape[:-1])
 
     def _prepare(self, h, zs, params, patch, dependent):
         zs, patch = self._check_points(zs, patch)
@@ -184,7 +167,7 @@ class AlgebraicMetric:
         dtype = jnp.result_type(zs.dtype, h.dtype)
         params = self.variety.check_params(params, dtype).astype(dtype)
         if dependent is not None:
-            dependent = _check_index("dependent", dependent, self.variety.dim_projective, patch.shape)
+            dependent = proj.check_index("dependent", dependent, self.variety.dim_projective, patch.shape)
         return h.astype(dtype), zs.astype(dtype), params, patch, dependent
 
     # -- kernels for one moduli value (points flattened inside) ---------------------------

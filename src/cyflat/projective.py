@@ -20,11 +20,13 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 __all__ = [
     "affine_to_hom",
     "best_patch",
     "change_chart",
+    "check_index",
     "complex_hessian",
     "fs_metric",
     "fs_potential",
@@ -50,6 +52,23 @@ def index_affine_to_hom(index, patch):
 def best_patch(z):
     """Default patch ``argmax_i |z_i|`` of homogeneous points ``z`` (..., n+1) -> int32 (...)."""
     return jnp.argmax(jnp.abs(z), axis=-1).astype(jnp.int32)
+
+
+def check_index(name, idx, size, shape):
+    """Integer index array broadcast to ``shape`` (int32); concrete values must lie in
+    ``[0, size)`` (an index outside would be clamped or wrap silently inside JAX)."""
+    idx = jnp.asarray(idx)
+    if not jnp.issubdtype(idx.dtype, jnp.integer):
+        raise ValueError(f"{name} must be an integer array, got dtype {idx.dtype}")
+    try:
+        idx = jnp.broadcast_to(idx, shape)
+    except ValueError:
+        raise ValueError(f"{name} of shape {idx.shape} does not match the points' shape {shape}") from None
+    if not isinstance(idx, jax.core.Tracer) and idx.size:
+        v = np.asarray(idx)  # on the host: jnp operations would be staged inside a caller's jit
+        if v.min() < 0 or v.max() >= size:
+            raise ValueError(f"{name} must lie in [0, {size - 1}], got values in [{v.min()}, {v.max()}]")
+    return idx.astype(jnp.int32)
 
 
 def _drop_index(z, patch):

@@ -132,11 +132,7 @@ class MonomialBasis:
         zs = jnp.asarray(zs)
         if zs.ndim < 1 or zs.shape[-1] != self.n:
             raise ValueError(f"zs must be affine points (..., {self.n}), got shape {zs.shape}")
-        patch = jnp.asarray(patch)
-        if not isinstance(patch, jax.core.Tracer) and patch.size:
-            v = np.asarray(patch)  # on the host (jnp operations would be staged under jit)
-            if v.min() < 0 or v.max() > self.n:
-                raise ValueError(f"patch must lie in [0, {self.n}], got values in [{v.min()}, {v.max()}]")
+        patch = proj.check_index("patch", patch, self.n + 1, zs.shape[:-1])
         return self.values_hom(proj.affine_to_hom(zs, patch))
 
     def values_and_jacobian(self, zs, patch):

@@ -32,6 +32,7 @@ import numpy as np
 from . import projective as proj
 from .polynomial import Polynomial
 from .roots import polyroots, projective_roots
+from .singular import check_moduli
 
 __all__ = [
     "Dwork",
@@ -299,8 +300,6 @@ class Hypersurface:
         At singular or nearly singular moduli (:func:`cyflat.singular.check_moduli`) it
         warns, raises ``ValueError`` (``on_singular='raise'``) or not (``'ignore'``).
         """
-        from .singular import check_moduli
-
         check_moduli(self, params, on_singular=on_singular, what="volume estimate")
         s = self.sample(key, params, count, dtype)
         return weighted_mean_estimate(jnp.ones_like(s.weights), s.weights, s.n_failed, scale=self.vol_fs)
