@@ -111,7 +111,7 @@ def test_sampling_the_singular_member(dtype):
     psi = jnp.array([1.0 + 0j])
     count = 10_000
     s = X.sample(jax.random.PRNGKey(1), psi, count, dtype=dtype)
-    assert s.zs.shape == (count, 4) and int(s.n_failed) >= 0
+    assert s.zs.shape == (count, 4) and s.n_failed.shape == ()
     assert bool(jnp.all(jnp.isfinite(s.weights))) and bool(jnp.all(s.weights > 0))
     with pytest.warns(UserWarning, match="singular"):
         est = X.compute_vol(jax.random.PRNGKey(2), psi, count)
