@@ -5,7 +5,6 @@ compilation dominates the run time, so one module-scoped sampler configuration (
 the buffer, the faster compile) is shared by the sampler and loss tests.
 """
 
-import time
 
 import jax
 import jax.numpy as jnp
@@ -264,7 +263,6 @@ def psi_disk(key, n):
 
 
 def make_sampler(seed, **kwargs):
-    kwargs.setdefault("map_batch_size", 1)  # scan over the buffer: faster to compile
     return ml.BatchSampler(
         seed, DWORK, psi_disk, batch_size_params=P, batch_size=B, buffer_size=S, dtype=jnp.complex128, **kwargs
     )
@@ -319,11 +317,9 @@ def test_sampler_refill_without_recompile(sampled):
     zs = [np.asarray(b[1]) for b in batches]
     for i in range(len(zs) - 1):
         assert not np.array_equal(zs[i], zs[i + 1])
-    t = time.perf_counter()
     for _ in range(3 * S):
         jax.block_until_ready(next(sampler))
     assert sampler.compile_count == 1 and ml._fill_buffer._cache_size() == cache
-    assert time.perf_counter() - t < 20  # no compilation (lenient: shared, loaded CPUs)
 
 
 def test_sampler_reproducible(sampled):
@@ -371,17 +367,18 @@ def test_sampler_device_and_errors(sampled):
         ml.BatchSampler(0, DWORK, None)
 
 
-def test_sampler_default_vectorised_float32_shapes():
-    # the default path (vmap over the buffer) in complex64, traced but not compiled
-    out = jax.eval_shape(
-        ml._fill_buffer, jax.random.PRNGKey(0), DWORK, psi_disk, 3, 10, 4, jnp.dtype(jnp.complex64), None
+def test_sampler_float32_shapes():
+    # the buffer-filling function in complex64, traced but not compiled
+    batches, failed = jax.eval_shape(
+        ml._fill_buffer, jax.random.PRNGKey(0), DWORK, psi_disk, 3, 10, 4, jnp.dtype(jnp.complex64)
     )
-    params, zs, patch, weights, n_failed = out
-    assert params.shape == (4, 3, 1) and params.dtype == jnp.complex64
-    assert zs.shape == (4, 3, 10, 2) and zs.dtype == jnp.complex64
-    assert patch.shape == (4, 3, 10) and patch.dtype == jnp.int32
-    assert weights.shape == (4, 3, 10) and weights.dtype == jnp.float32
-    assert n_failed.shape == (4, 3)
+    assert len(batches) == 4 and failed.shape == (4,)
+    for params, zs, patch, weights, n_failed in batches:
+        assert params.shape == (3, 1) and params.dtype == jnp.complex64
+        assert zs.shape == (3, 10, 2) and zs.dtype == jnp.complex64
+        assert patch.shape == (3, 10) and patch.dtype == jnp.int32
+        assert weights.shape == (3, 10) and weights.dtype == jnp.float32
+        assert n_failed.shape == (3,)
 
 
 # ------------------------------------------------------------------------------------------

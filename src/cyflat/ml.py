@@ -187,29 +187,34 @@ def _positive_int(name, value):
 _FILL_TRACES: dict = {}
 
 
-@partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6, 7))
-def _fill_buffer(key, variety, params_sampler, P, B, S, cdtype, map_batch_size):
-    """One buffer: S batches of P moduli (``params_sampler``) with B points each."""
-    config = (variety, params_sampler, P, B, S, cdtype, map_batch_size)
+@partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6))
+def _fill_buffer(key, variety, params_sampler, P, B, S, cdtype):
+    """One buffer: S batches of P moduli (``params_sampler``) with B points each.
+
+    The S * P moduli values are sampled together (one pass over all their lines, see
+    :meth:`~cyflat.variety.Hypersurface.sample`), which is several times faster than
+    sampling batch by batch when B is small.
+    """
+    config = (variety, params_sampler, P, B, S, cdtype)
     _FILL_TRACES[config] = _FILL_TRACES.get(config, 0) + 1
     m = variety.num_params
+    kp, ks = jax.random.split(key)
 
-    def one(k):
-        kp, ks = jax.random.split(k)
+    def draw(k):
         if params_sampler is None:
-            params = jnp.zeros((P, 0), cdtype)
-        else:
-            params = jnp.asarray(params_sampler(kp, P))
+            return jnp.zeros((P, 0), cdtype)
+        params = jnp.asarray(params_sampler(k, P))
         if params.shape != (P, m):
             raise ValueError(f"params_sampler(key, {P}) must return shape ({P}, {m}), got {params.shape}")
-        params = params.astype(cdtype)
-        s = variety.sample(ks, params, B, dtype=cdtype)
-        return params, s.zs, s.patch, s.weights, s.n_failed
+        return params.astype(cdtype)
 
-    keys = jax.random.split(key, S)
-    if map_batch_size is None:
-        return jax.vmap(one)(keys)
-    return jax.lax.map(one, keys, batch_size=map_batch_size)
+    params = jax.vmap(draw)(jax.random.split(kp, S))  # (S, P, m)
+    s = variety.sample(ks, params, B, dtype=cdtype)  # leading axes (S, P)
+    # Returned as S separate batches: slicing a stacked buffer outside jit costs an
+    # eager dispatch per array and batch (about 0.1 ms each on CPU, as much as a
+    # small training step).
+    batches = tuple((params[i], s.zs[i], s.patch[i], s.weights[i], s.n_failed[i]) for i in range(S))
+    return batches, jnp.sum(s.n_failed, axis=1)  # (S,) rejected points per batch
 
 
 class BatchSampler:
@@ -223,8 +228,8 @@ class BatchSampler:
     ``(params[i], zs[i], patch[i], weights[i])`` is a sample for :func:`variance_eta_loss`.
 
     One jit-compiled function fills a whole buffer of ``buffer_size`` batches at once
-    (vmap over the buffer of: draw P moduli with ``params_sampler``, then
-    :meth:`~cyflat.variety.Hypersurface.sample` B points for each).  Refills call the same
+    (draw P moduli with ``params_sampler`` for each batch, then
+    :meth:`~cyflat.variety.Hypersurface.sample` B points for all of them in one pass).  Refills call the same
     compiled function with a fresh key (``compile_count`` stays 1); samplers with the same
     configuration (variety, the same ``params_sampler`` object, sizes, dtype) share it.
     Buffer b is filled with the key ``jax.random.fold_in(key(seed), b)``, so the same
@@ -248,19 +253,15 @@ class BatchSampler:
         buffer_size: number of batches generated per compiled call.
         device: where batches are placed (``jax.device_put``): a ``jax.Device``, or a
             ``jax.sharding.Sharding`` describing one batch's arrays (a ``NamedSharding``
-            is extended by an unsharded buffer axis and applied once per buffer; other
-            non-replicated shardings are applied per batch).  None keeps the arrays on
-            JAX's default device, where they are computed.
+            is truncated to each array's rank).  Every batch of a buffer is placed when
+            the buffer is generated.  None keeps the arrays on JAX's default device,
+            where they are computed.
         dtype: complex64 or complex128 for points and moduli (default: JAX's default
             complex type).
         prefetch: dispatch the next buffer early (see above).
         start_step: skip this many batches of the stream (to resume training after
             ``start_step`` steps: the next batch is the one an uninterrupted sampler
             would return at that step).
-        map_batch_size: None (default) vectorises over the whole buffer (best on
-            accelerators); an integer k instead loops over the buffer k batches at a time
-            (``jax.lax.map``): less memory and a faster compilation (k = 1 compiles in
-            about half the time on CPU), the same draws (equal up to rounding).
 
     Attributes:
         compile_count: how often the fill function was traced (compiled) for this
@@ -284,7 +285,6 @@ class BatchSampler:
         dtype=None,
         *,
         prefetch: bool = True,
-        map_batch_size: int | None = None,
         start_step: int = 0,
     ):
         P = self.batch_size_params = _positive_int("batch_size_params", batch_size_params)
@@ -301,13 +301,8 @@ class BatchSampler:
         self.dtype = cdtype
         self.device = device
         self.prefetch = bool(prefetch)
-        if map_batch_size is not None:
-            map_batch_size = _positive_int("map_batch_size", map_batch_size)
-            if map_batch_size >= S:
-                map_batch_size = None
-        self.map_batch_size = map_batch_size
-        self._config = (variety, params_sampler, P, B, S, cdtype, map_batch_size)
-        self._place_buffer, self._place_batch = self._placement(device)
+        self._config = (variety, params_sampler, P, B, S, cdtype)
+        self._place = self._placement(device)
         if isinstance(start_step, bool) or not isinstance(start_step, (int, np.integer)) or start_step < 0:
             raise ValueError(f"start_step must be a non-negative integer, got {start_step!r}")
         self._root_key = _as_key(seed)
@@ -323,25 +318,20 @@ class BatchSampler:
 
     @staticmethod
     def _placement(device):
-        """-> (function for a whole buffer, function for one batch)."""
-        ident = lambda x: x  # noqa: E731
+        """-> function placing a tree of batches (arrays with the batch's own shapes)."""
         if device is None:
-            return ident, ident
+            return lambda tree: tree
         if isinstance(device, jax.sharding.NamedSharding):
             mesh, spec = device.mesh, tuple(device.spec)
 
-            def put(tree):
+            def put(tree):  # the batch's spec, truncated to each array's rank
                 return jax.tree_util.tree_map(
-                    lambda a: jax.device_put(
-                        a, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(None, *spec[: a.ndim - 1]))
-                    ),
+                    lambda a: jax.device_put(a, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec[: a.ndim]))),
                     tree,
                 )
 
-            return put, ident
-        if isinstance(device, jax.sharding.Sharding) and not device.is_fully_replicated:
-            return ident, lambda tree: jax.device_put(tree, device)
-        return (lambda tree: jax.device_put(tree, device)), ident
+            return put
+        return lambda tree: jax.device_put(tree, device)
 
     @property
     def compile_count(self) -> int:
@@ -351,10 +341,11 @@ class BatchSampler:
         key = jax.random.fold_in(self._root_key, self._next_fill)
         self._next_fill += 1
         self.refills += 1
-        return self._place_buffer(_fill_buffer(key, *self._config))
+        batches, failed = _fill_buffer(key, *self._config)
+        return self._place(batches), failed
 
     def _swap(self):
-        self._failed_done = self._failed_done + jnp.sum(self._buffer[4][self._index0 :])
+        self._failed_done = self._failed_done + jnp.sum(self._buffer[1][self._index0 :])
         self._buffer = self._next_buffer if self.prefetch else self._dispatch()
         if self.prefetch:
             self._next_buffer = self._dispatch()
@@ -362,7 +353,7 @@ class BatchSampler:
 
     @property
     def n_failed_total(self) -> int:
-        current = jnp.sum(self._buffer[4][self._index0 : self._index]) if self._index > self._index0 else 0
+        current = jnp.sum(self._buffer[1][self._index0 : self._index]) if self._index > self._index0 else 0
         return int(self._failed_done + current)
 
     @property
@@ -375,12 +366,11 @@ class BatchSampler:
     def __next__(self):
         if self._index == self.buffer_size:
             self._swap()
-        i = self._index
-        params, zs, patch, weights, n_failed = (a[i] for a in self._buffer)
+        params, zs, patch, weights, n_failed = self._buffer[0][self._index]
         self._index += 1
         self._batches_done += 1
         self.last_n_failed = n_failed
-        return self._place_batch((params, zs, patch, weights))
+        return params, zs, patch, weights
 
     def next(self):
         """The next batch ``(params, zs, patch, weights)`` (same as ``next(self)``)."""

@@ -268,7 +268,11 @@ class Hypersurface:
 
         Args:
             key: PRNG key.
-            params: moduli (m,), or (..., m) for a batch of moduli (one key each).
+            params: moduli (m,), or (..., m) for a batch of moduli.  The lines of all
+                moduli values are drawn from ``key`` together and intersected in one
+                pass (fast for many moduli with few points each); each moduli value
+                gets its own lines, so points depend on the whole batch, not only on
+                ``key`` and that value.
             count: number of points per moduli value (positive int, static).
             dtype: complex64 or complex128 (default: JAX's default complex type).
         Returns:
@@ -397,12 +401,14 @@ def _compact_indices(ok, count):
 _POLISH_STEPS = 1
 
 
-# Lines per chunk of the sampler's main loop (see _sample_one).
+# Lines per chunk of the sampler's main loop (see _sample_lines).
 _CHUNK_LINES = 4096
 
 
 def _sample_chunk(poly: Polynomial, pq, coeffs, dtype):
     """Intersect Lc lines p + t q with X: pq (2, n+1, Lc) -> per-point arrays (Lc, D).
+
+    ``coeffs`` (Lc, T): the coefficients of the family member each line is intersected with.
 
     Returns ``(zs, patch, dependent, w, ok)`` with ``zs`` (n, Lc, D).
 
@@ -441,9 +447,11 @@ def _sample_chunk(poly: Polynomial, pq, coeffs, dtype):
 
     # _POLISH_STEPS Newton steps along the line, then (Q, grad Q) at the final point, as
     # one loop: the evaluation is compiled once and its results are materialised.
+    point_coeffs = coeffs[:, None, :]  # (Lc, 1, T): broadcasts over the D roots
+
     def newton(i, carry):
         zh, _, _ = carry
-        val, grad = poly._value_and_gradient_coords(list(zh), coeffs)
+        val, grad = poly._value_and_gradient_coords(list(zh), point_coeffs)
         grad = jnp.stack(grad)
         slope = jnp.sum(grad * dh, axis=0)
         good = (slope != 0) & (i < _POLISH_STEPS)
@@ -470,56 +478,69 @@ def _sample_chunk(poly: Polynomial, pq, coeffs, dtype):
     return zs, patch, dependent, w, ok
 
 
-def _sample_one(variety: Hypersurface, key, params, count: int, dtype):
-    """Kernel for one moduli value: params (m,) -> Sample with N = count.
+def _sample_lines(variety: Hypersurface, key, params, count: int, dtype):
+    """Kernel for a flat batch of moduli: params (M, m) -> Sample with leading axis M.
 
-    The lines are processed in C >= 2 chunks of about _CHUNK_LINES by a ``lax.map``:
-    besides bounding memory and the root finder's iterations (each chunk iterates until
-    its own roots converge), the loop makes XLA materialise the per-point results and
-    the random lines.  (Within one fused computation XLA's CPU backend re-evaluates
-    cheap elementwise producers inside every consumer, and ``optimization_barrier``
-    does not stop it there; with C = 1 the loop would be inlined.)
+    All lines of all moduli values are intersected together, so that a batch of many
+    moduli with few points each runs at the speed of one large sample: every line
+    carries the coefficients of its own member of the family, and the lines are
+    processed in C >= 2 chunks of about _CHUNK_LINES by a ``lax.map``.  Besides bounding
+    memory and the root finder's iterations (each chunk iterates until its own roots
+    converge), the loop makes XLA materialise the per-point results and the random
+    lines.  (Within one fused computation XLA's CPU backend re-evaluates cheap
+    elementwise producers inside every consumer, and ``optimization_barrier`` does not
+    stop it there; with C = 1 the loop would be inlined.)
 
-    Every intersection point passing the checks (root finder converged, squared Newton
-    distance below tolerance, finite positive weight) is kept in line order; the first
-    ``count`` are returned.  Spare lines (2%, at least 2) replace rejected points.
+    Moduli value i owns the ``L`` consecutive lines ``i L .. (i + 1) L - 1`` (``count / D``
+    lines plus 2% spare, at least 2).  Every intersection point passing the checks (root
+    finder converged, squared Newton distance below tolerance, finite positive weight)
+    is kept in line order; the first ``count`` of each moduli value are returned, the
+    spare lines replacing rejected points.
     """
     poly = variety.poly
     n, D = poly.n, poly.degree
     n1 = n + 1
+    Mb = params.shape[0]
     rdtype = jnp.finfo(dtype).dtype
     lines = -(-count // D)
     spare = max(2, math.ceil(0.02 * lines))
-    C = max(2, round((lines + spare) / _CHUNK_LINES))
-    Lc = -(-(lines + spare) // C)
-    M = C * Lc * D
-    coeffs = poly.coefficients(params, dtype)  # (T,)
+    L = lines + spare  # lines per moduli value
+    C = max(2, round(Mb * L / _CHUNK_LINES))
+    Lc = -(-(Mb * L) // C)
+    coeffs = jax.vmap(lambda p: poly.coefficients(p, dtype))(params)  # (M, T)
+    owner = jnp.minimum(jnp.arange(C * Lc, dtype=jnp.int32) // L, Mb - 1)  # moduli index per line
+    line_coeffs = coeffs[owner].reshape(C, Lc, -1)  # (C, Lc, T); padding lines: any member
     # p, q uniform on the unit sphere of C^{n+1}, from one flat PRNG call (compiles
     # fast), laid out (chunk, p/q, coordinate, line)
     x = jax.random.normal(key, (C * 2 * n1 * 2 * Lc,), rdtype).reshape(C, 2, n1, 2, Lc)
     x = x * jax.lax.rsqrt(jnp.sum(x * x, axis=(2, 3), keepdims=True))
     pq = jax.lax.complex(x[:, :, :, 0], x[:, :, :, 1])  # (C, 2, n+1, Lc)
-    out = jax.lax.map(lambda pqc: _sample_chunk(poly, pqc, coeffs, dtype), pq)
+    out = jax.lax.map(lambda a: _sample_chunk(poly, a[0], a[1], dtype), (pq, line_coeffs))
     zs, patch, dependent, w, ok = out  # zs (C, n, Lc, D), others (C, Lc, D)
-    ok = ok.reshape(M)
-    idx, filled = _compact_indices(ok, count)
-    n_failed = jnp.sum(~ok).astype(jnp.int32)
+    P = L * D  # candidate points per moduli value
+
+    def per_moduli(a):  # (C, Lc, D) -> (M, L D), dropping the padding lines
+        return a.reshape(C * Lc * D)[: Mb * P].reshape(Mb, P)
+
+    ok = per_moduli(ok)
+    idx, filled = jax.vmap(lambda o: _compact_indices(o, count))(ok)  # (M, count)
+
+    def take(a):
+        return jnp.take_along_axis(per_moduli(a), idx, axis=1)
+
     return Sample(
-        zs=jnp.stack([zs[:, j].reshape(M)[idx] for j in range(n)], axis=-1),
-        patch=patch.reshape(M)[idx],
-        dependent=dependent.reshape(M)[idx],
-        weights=jnp.where(filled, w.reshape(M)[idx], jnp.zeros((), rdtype)),
-        n_failed=n_failed,
+        zs=jnp.stack([take(zs[:, j]) for j in range(n)], axis=-1),
+        patch=take(patch),
+        dependent=take(dependent),
+        weights=jnp.where(filled, take(w), jnp.zeros((), rdtype)),
+        n_failed=jnp.sum(~ok, axis=1).astype(jnp.int32),
     )
 
 
 def _sample_impl(variety, key, params, count, dtype):
     batch = params.shape[:-1]
-    if not batch:
-        return _sample_one(variety, key, params, count, dtype)
     flat = params.reshape((math.prod(batch), params.shape[-1]))
-    keys = jax.random.split(key, flat.shape[0])
-    out = jax.vmap(lambda k, p: _sample_one(variety, k, p, count, dtype))(keys, flat)
+    out = _sample_lines(variety, key, flat, count, dtype)
     return jax.tree_util.tree_map(lambda x: x.reshape(batch + x.shape[1:]), out)
 
 
