@@ -91,6 +91,40 @@ def test_closed_form_matches_autodiff_hessian(samples, name, k):
     np.testing.assert_allclose(local.g, jnp.conj(jnp.swapaxes(local.g, -1, -2)), rtol=0, atol=0)
 
 
+@pytest.mark.parametrize("dim", [1, 2, 3, 4])
+def test_eta_gradient_closed_form_matches_autodiff(dim):
+    """eta's reverse-mode derivative is written in closed form (one matrix product for H);
+    it must equal autodiff of det(g) * |dQ|^2 with g from the same sections, in H (through
+    the Cholesky parameters, i.e. along hermitian directions) and in the points."""
+    from cyflat import ml
+
+    variety = cyflat.Dwork(dim)
+    params = jnp.array([0.3 + 0.2j])
+    metric = AlgebraicMetric(variety, MonomialBasisFull(variety.dim_projective, 2))
+    s = variety.sample(jax.random.PRNGKey(dim), params, 24)
+    hp = ml.hermitian_param_init(jax.random.PRNGKey(0), metric.basis_size, 0.3)
+    w = jnp.asarray(np.random.default_rng(dim).normal(size=24))
+
+    def closed(hp, zs):
+        return jnp.sum(w * metric.eta(ml.cholesky_from_param(hp), zs, params, s.patch, s.dependent))
+
+    def reference(hp, zs):
+        g = metric.metric(ml.cholesky_from_param(hp), zs, params, s.patch, s.dependent).g
+        gdep = jnp.take_along_axis(variety.grad_defining(zs, params, s.patch), s.dependent[:, None], -1)[:, 0]
+        return jnp.sum(w * jnp.real(jnp.linalg.det(g)) * jnp.abs(gdep) ** 2)
+
+    v, (g_h, g_z) = jax.jit(jax.value_and_grad(closed, argnums=(0, 1)))(hp, s.zs)
+    v_ref, (r_h, r_z) = jax.jit(jax.value_and_grad(reference, argnums=(0, 1)))(hp, s.zs)
+    assert abs(float(v) / float(v_ref) - 1) < 1e-12
+    assert _rel(g_h, r_h) < 1e-11
+    assert _rel(g_z, r_z) < 1e-11
+    # float32: the same gradient to the round-off of eta itself (see test_float32_eta)
+    g32 = jax.jit(jax.grad(lambda hp, zs: closed(hp, zs).astype(jnp.float32)))(
+        hp.astype(jnp.float32), s.zs.astype(jnp.complex64)
+    )
+    assert g32.dtype == jnp.float32 and _rel(g32, r_h) < 1e-4
+
+
 # -- charts -----------------------------------------------------------------------------------
 
 

@@ -58,6 +58,9 @@ class ModelConfig:
     powers: list[int] = field(default_factory=lambda: [1, 2, 3])
     activation: str = "sigmoid"
     dropout: float = 0.0
+    #: input feature groups of HNetMLP: any of ``angle`` (arg psi_j), ``abs`` (|f|),
+    #: ``parts`` (Re f, Im f) for the moduli monomials f (see :class:`cyflat.ml.HNetMLP`).
+    features: list[str] = field(default_factory=lambda: ["angle", "abs", "parts"])
     sig_suppress: bool = True
     init_fluctuation: float = 0.0
     #: ``identity`` or ``donaldson`` (free H only: start from the balanced metric).
@@ -75,6 +78,9 @@ class TrainConfig:
     batch_moduli: int = 4
     batch_points: int = 500
     buffer_size: int = 50
+    #: ``variance`` (the Monge-Ampere loss, :func:`cyflat.ml.variance_eta_loss`) or
+    #: ``sigma`` (the sigma accuracy itself, :func:`cyflat.ml.sigma_loss`).
+    loss: str = "variance"
     #: any ``optax`` optimiser by name (adam, adamw, sgd, lion, ...).
     optimizer: str = "adam"
     learning_rate: float = 1e-3
@@ -84,9 +90,6 @@ class TrainConfig:
     decay_rate: float = 0.5
     decay_steps: int = 10_000
     grad_clip: float = 0.0
-    #: full-batch L-BFGS fine-tuning steps after the main loop (free H only).
-    lbfgs_steps: int = 0
-    lbfgs_points: int = 20_000
     log_every: int = 50
     val_every: int = 500
     val_moduli: int = 8
@@ -198,6 +201,10 @@ def validate(cfg: Config) -> None:
         (m.basis in ("full", "reduced"), "model.basis must be 'full' or 'reduced'"),
         (m.k >= 1, "model.k must be >= 1"),
         (m.init in ("identity", "donaldson"), "model.init must be 'identity' or 'donaldson'"),
+        (
+            len(m.features) > 0 and set(m.features) <= {"angle", "abs", "parts"},
+            "model.features must be a non-empty list of 'angle', 'abs', 'parts'",
+        ),
         (all(x >= 1 for x in m.layers), "model.layers must be positive sizes"),
         (all(p >= 1 for p in m.powers) and len(m.powers) > 0, "model.powers must be positive integers"),
         (0 <= m.dropout < 1, "model.dropout must be in [0, 1)"),
@@ -210,6 +217,7 @@ def validate(cfg: Config) -> None:
         (t.buffer_size >= 1, "train.buffer_size must be >= 1"),
         (t.learning_rate > 0, "train.learning_rate must be > 0"),
         (t.schedule in ("constant", "cosine", "exponential"), "train.schedule must be constant, cosine or exponential"),
+        (t.loss in ("variance", "sigma"), "train.loss must be 'variance' or 'sigma'"),
         (t.log_every >= 1 and t.val_every >= 1 and t.checkpoint_every >= 1, "train.*_every must be >= 1"),
         (t.val_moduli >= 1 and t.val_points >= 2, "train.val_moduli >= 1 and train.val_points >= 2"),
         (t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),

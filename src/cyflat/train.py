@@ -154,6 +154,9 @@ def build_problem(cfg: Config) -> Problem:
             basis_size=sections.size,
             layer_sizes=tuple(cfg.model.layers),
             powers=tuple(cfg.model.powers),
+            feature_angle="angle" in cfg.model.features,
+            feature_abs="abs" in cfg.model.features,
+            feature_parts="parts" in cfg.model.features,
             activation=act,
             dropout_rate=cfg.model.dropout,
             sig_suppress=cfg.model.sig_suppress,
@@ -246,7 +249,7 @@ class TrainState(NamedTuple):
     bad_total: jax.Array
 
 
-def make_train_step(problem: Problem, optimizer, base_key):
+def make_train_step(problem: Problem, optimizer, base_key, loss: str = "variance"):
     """The jitted update ``(state, batch) -> (state, loss)``.
 
     ``batch = (moduli (P, m), zs (P, B, n), patch (P, B), weights (P, B))``.  A non-finite
@@ -255,11 +258,12 @@ def make_train_step(problem: Problem, optimizer, base_key):
     """
     h_fn = h_function(problem)
     metric = problem.metric
+    loss_one = ml.LOSSES[loss]
 
     def loss_fn(params, batch, rng):
         moduli = batch[0]
         h = h_fn(params, moduli, rng, True)
-        losses = jax.vmap(ml.variance_eta_loss, in_axes=(0, 0, None))(h, batch, metric)
+        losses = jax.vmap(loss_one, in_axes=(0, 0, None))(h, batch, metric)
         return jnp.mean(losses)
 
     def step(state: TrainState, batch):
@@ -462,7 +466,7 @@ def _fit(cfg: Config, resume, progress, evaluate):
         batch_size=t.batch_points, buffer_size=t.buffer_size, device=batch_sharding,
         dtype=problem.cdtype, start_step=start_step,
     )
-    step_fn, _ = make_train_step(problem, optimizer, k_drop)
+    step_fn, _ = make_train_step(problem, optimizer, k_drop, cfg.train.loss)
     step_jit = jax.jit(step_fn, donate_argnums=0)
 
     # Fixed validation set: moduli and points drawn once.
