@@ -34,13 +34,10 @@ def bench(overrides, seconds):
     with jax.enable_x64(t.dtype == "float64"):
         problem = tr.build_problem(cfg)
         opt = tr.make_optimizer(cfg)
-        params = tr.init_params(cfg, problem, jax.random.PRNGKey(0))
-        import jax.numpy as jnp
-
-        state = tr.TrainState(jnp.asarray(0), params, opt.init(params), jnp.asarray(0), jnp.asarray(0))
+        state = tr.initial_state(cfg, tr.init_params(cfg, problem, jax.random.PRNGKey(0)), opt)
         sampler = tr.ml.BatchSampler(0, problem.variety, problem.moduli_sampler, batch_size_params=t.batch_moduli,
                                      batch_size=t.batch_points, buffer_size=t.buffer_size, dtype=problem.cdtype)
-        step, _ = tr.make_train_step(problem, opt, jax.random.PRNGKey(1))
+        step, _ = tr.make_train_step(problem, opt, jax.random.PRNGKey(1), t.loss, t.ema_decay)
         step = jax.jit(step, donate_argnums=0)
         t0 = time.perf_counter()
         batch = next(sampler)

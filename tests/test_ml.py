@@ -14,6 +14,7 @@ import pytest
 
 import cyflat
 from cyflat import ml
+from cyflat.metric import sigma_from_eta
 from cyflat.projective import affine_to_hom
 from cyflat.variety import newton_distance
 
@@ -480,6 +481,35 @@ def test_loss_masks_bad_points_fake_metric():
         assert np.isnan(float(val)) and np.all(np.isfinite(np.asarray(g)))
     # all points bad: 0, not NaN
     assert float(loss_jit(H3, fake_sample(7, jnp.zeros(7)), FakeMetric(eta))) == 0.0
+
+
+def test_sigma_loss_formula_masking_and_penalty():
+    h = 2.5 * H3
+    sigma_jit = jax.jit(ml.sigma_loss)
+    assert abs(float(sigma_jit(h, fake_sample(5), FakeMetric(jnp.full(5, 3.3))))) < 1e-15
+    eta = jnp.array([1.0, jnp.nan, 0.5, -0.25, 3.0, 2.0])
+    w = jnp.array([1.0, 1.0, 0.5, 1.0, 0.0, 2.0])
+    keep = np.array([0, 2, 3, 5])
+    e, ww = np.asarray(eta)[keep], np.asarray(w)[keep]
+    x = e / abs(np.sum(ww * e) / np.sum(ww))
+    expected = np.sum(ww * np.abs(x - 1)) / np.sum(ww) + ml.NEGATIVE_ETA_PENALTY * np.sum(
+        ww * np.maximum(-x, 0) ** 2
+    ) / np.sum(ww)
+    for c in (1.0, 7.0):  # invariant under H -> c H (FakeMetric's eta scales with tr H)
+        np.testing.assert_allclose(float(sigma_jit(c * h, fake_sample(6, w), FakeMetric(eta))), expected, rtol=1e-13)
+    assert ml.LOSSES == {"variance": ml.variance_eta_loss, "sigma": ml.sigma_loss}
+
+
+def test_sigma_loss_equals_the_sigma_estimate(sampled):
+    """On a real metric with positive eta the loss IS the Monte Carlo sigma of the batch."""
+    _, batches, _ = sampled
+    am = cyflat.AlgebraicMetric(DWORK, cyflat.MonomialBasisFull(2, 2))
+    params, zs, patch, weights = batches[0]
+    h = ml.cholesky_from_param(ml.hermitian_param_init(jax.random.PRNGKey(3), am.basis_size, 0.2))
+    loss = jax.jit(ml.sigma_loss, static_argnums=2)(h, (params[0], zs[0], patch[0], weights[0]), am)
+    eta = am.eta(h, zs[0], params[0], patch[0])
+    assert float(jnp.min(eta)) > 0
+    np.testing.assert_allclose(float(loss), float(sigma_from_eta(eta, weights[0]).value), rtol=1e-12)
 
 
 @pytest.fixture(scope="module")

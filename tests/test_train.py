@@ -65,7 +65,9 @@ class _Crash(Exception):
 
 
 def test_resume_continues_same_trajectory(tmp_path, monkeypatch):
-    full = tr.fit(tiny(tmp_path, "full"), progress=False, evaluate=False)
+    # with a parameter average: it is checkpointed and restored too
+    ema = "train.ema_decay=0.9"
+    full = tr.fit(tiny(tmp_path, "full", ema), progress=False, evaluate=False)
 
     # Crash while fetching the batch for step 14 (the last checkpoint is at step 8).
     calls = {"n": 0}
@@ -79,7 +81,7 @@ def test_resume_continues_same_trajectory(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tr.ml.BatchSampler, "__next__", counting_next)
     with pytest.raises(_Crash):
-        tr.fit(tiny(tmp_path, "crash"), progress=False, evaluate=False)
+        tr.fit(tiny(tmp_path, "crash", ema), progress=False, evaluate=False)
     monkeypatch.undo()
     run = tmp_path / "crash"
     assert max(r["step"] for r in tr.read_metrics(run)) == 12
@@ -100,20 +102,22 @@ def test_resume_rejects_other_config(tmp_path):
         tr.fit(other, resume=tmp_path / "r", progress=False, evaluate=False)
     with pytest.raises(ValueError, match="not a cyflat run directory"):
         tr.fit(cfg, resume=tmp_path / "nothing-here", progress=False, evaluate=False)
+    with pytest.raises(ValueError, match="no parameter average"):
+        tr.fit(tiny(tmp_path, "r", "train.steps=16", "train.ema_decay=0.5"), resume=tmp_path / "r", progress=False,
+               evaluate=False)
 
 
 def _problem_and_state(cfg):
     problem = tr.build_problem(cfg)
     opt = tr.make_optimizer(cfg)
-    params = tr.init_params(cfg, problem, jax.random.PRNGKey(0))
-    state = tr.TrainState(jnp.asarray(0), params, opt.init(params), jnp.asarray(0), jnp.asarray(0))
+    state = tr.initial_state(cfg, tr.init_params(cfg, problem, jax.random.PRNGKey(0)), opt)
     return problem, opt, state
 
 
 def test_nan_batch_skips_update(tmp_path):
-    cfg = tiny(tmp_path, "nan")
+    cfg = tiny(tmp_path, "nan", "train.ema_decay=0.75")
     problem, opt, state = _problem_and_state(cfg)
-    step, _ = tr.make_train_step(problem, opt, jax.random.PRNGKey(1))
+    step, _ = tr.make_train_step(problem, opt, jax.random.PRNGKey(1), ema_decay=0.75)
     step = jax.jit(step)
     sampler = tr.ml.BatchSampler(0, problem.variety, problem.moduli_sampler, batch_size_params=2, batch_size=64,
                                  buffer_size=2, dtype=problem.cdtype)
@@ -126,8 +130,14 @@ def test_nan_batch_skips_update(tmp_path):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     for x in jax.tree_util.tree_leaves(new.opt_state):
         assert np.all(np.isfinite(np.asarray(x)))
+    for x, y in zip(jax.tree_util.tree_leaves(new.ema), jax.tree_util.tree_leaves(state.ema)):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
     after, loss2 = step(new, good)
     assert np.isfinite(float(loss2)) and int(after.bad_streak) == 0 and int(after.bad_total) == 1
+    # the average moves a quarter of the way to the new parameters
+    for e1, e0, p1 in zip(*(jax.tree_util.tree_leaves(t) for t in (after.ema, new.ema, after.params))):
+        np.testing.assert_allclose(np.asarray(e1), 0.75 * np.asarray(e0) + 0.25 * np.asarray(p1), rtol=1e-12, atol=1e-15)
+    assert after.eval_params is after.ema
     changed = any(
         not np.array_equal(np.asarray(x), np.asarray(y))
         for x, y in zip(jax.tree_util.tree_leaves(after.params), jax.tree_util.tree_leaves(state.params))

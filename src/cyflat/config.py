@@ -90,6 +90,11 @@ class TrainConfig:
     decay_rate: float = 0.5
     decay_steps: int = 10_000
     grad_clip: float = 0.0
+    #: exponential moving average of the parameters, ``avg += (1 - ema_decay) (params - avg)``
+    #: after every step (0: off).  Validation, evaluation and the returned parameters use
+    #: the average: with a constant learning rate it removes the optimiser's fluctuation
+    #: around the minimum.
+    ema_decay: float = 0.0
     log_every: int = 50
     val_every: int = 500
     val_moduli: int = 8
@@ -218,6 +223,7 @@ def validate(cfg: Config) -> None:
         (t.learning_rate > 0, "train.learning_rate must be > 0"),
         (t.schedule in ("constant", "cosine", "exponential"), "train.schedule must be constant, cosine or exponential"),
         (t.loss in ("variance", "sigma"), "train.loss must be 'variance' or 'sigma'"),
+        (0 <= t.ema_decay < 1, "train.ema_decay must be in [0, 1)"),
         (t.log_every >= 1 and t.val_every >= 1 and t.checkpoint_every >= 1, "train.*_every must be >= 1"),
         (t.val_moduli >= 1 and t.val_points >= 2, "train.val_moduli >= 1 and train.val_points >= 2"),
         (t.max_bad_steps >= 1, "train.max_bad_steps must be >= 1"),

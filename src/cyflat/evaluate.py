@@ -116,9 +116,7 @@ def evaluate_params(cfg: Config, problem, params, run_dir, *, grid=None, steps=N
 
 def evaluate_run(run_dir, grid: int | None = None) -> dict:
     """Re-evaluate a finished or interrupted run from its config and last checkpoint."""
-    from .train import (
-        TrainState, build_problem, init_params, load_checkpoint, make_optimizer,
-    )
+    from .train import build_problem, init_params, initial_state, load_checkpoint, make_optimizer
     from .config import config_hash
 
     run_dir = Path(run_dir)
@@ -130,10 +128,9 @@ def evaluate_run(run_dir, grid: int | None = None) -> dict:
     with jax.enable_x64(cfg.train.dtype == "float64"):
         problem = build_problem(cfg)
         opt = make_optimizer(cfg)
-        params = init_params(cfg, problem, jax.random.PRNGKey(0))
-        template = TrainState(jnp.asarray(0), params, opt.init(params), jnp.asarray(0), jnp.asarray(0))
+        template = initial_state(cfg, init_params(cfg, problem, jax.random.PRNGKey(0)), opt)
         state, elapsed = load_checkpoint(run_dir, template, config_hash(cfg))
-        return evaluate_params(cfg, problem, state.params, run_dir, grid=grid, steps=int(state.step),
+        return evaluate_params(cfg, problem, state.eval_params, run_dir, grid=grid, steps=int(state.step),
                                elapsed=elapsed, stopped="evaluated")
 
 

@@ -4,7 +4,8 @@
 
     RUN_DIR/config.yaml       the resolved config
     RUN_DIR/metrics.jsonl     one JSON record per logged step (step, loss, val_sigma, ...)
-    RUN_DIR/checkpoint.msgpack  parameters, optimiser state, step, elapsed time (atomic)
+    RUN_DIR/checkpoint.msgpack  parameters (and their average), optimiser state, step,
+                              elapsed time (atomic)
     RUN_DIR/summary.json      final evaluation (see :mod:`cyflat.evaluate`)
     RUN_DIR/*.png             loss / validation curves and sigma over the moduli region
 
@@ -43,7 +44,7 @@ from .sections import MonomialBasisFull, MonomialBasisReduced
 from .singular import check_moduli
 from .variety import Dwork, Fermat, Hypersurface, TwoParameterQuintic
 
-__all__ = ["FitResult", "Problem", "TrainState", "build_problem", "fit", "make_train_step"]
+__all__ = ["FitResult", "Problem", "TrainState", "build_problem", "fit", "initial_state", "make_train_step"]
 
 CHECKPOINT = "checkpoint.msgpack"
 METRICS = "metrics.jsonl"
@@ -243,18 +244,35 @@ def make_optimizer(cfg: Config):
 
 class TrainState(NamedTuple):
     step: jax.Array
-    params: Any
+    params: Any  # the parameters to use: their moving average with train.ema_decay > 0
     opt_state: Any
     bad_streak: jax.Array  # consecutive skipped (non-finite) steps
     bad_total: jax.Array
+    ema: Any = None  # moving average of params (train.ema_decay > 0), else None
+
+    @property
+    def eval_params(self):
+        """The parameters to evaluate: the moving average if there is one."""
+        return self.params if self.ema is None else self.ema
 
 
-def make_train_step(problem: Problem, optimizer, base_key, loss: str = "variance"):
-    """The jitted update ``(state, batch) -> (state, loss)``.
+def initial_state(cfg: Config, params, optimizer) -> TrainState:
+    """Step 0: ``params``, a fresh optimiser state and (with ``train.ema_decay``) the average."""
+    def zero():  # separate buffers: the training step donates its input state
+        return jnp.zeros((), jnp.int32)
 
-    ``batch = (moduli (P, m), zs (P, B, n), patch (P, B), weights (P, B))``.  A non-finite
-    loss or gradient skips the update (parameters and optimiser state unchanged) and is
-    counted in ``bad_streak``/``bad_total``.
+    ema = jax.tree_util.tree_map(jnp.array, params) if cfg.train.ema_decay > 0 else None  # a copy
+    return TrainState(zero(), params, optimizer.init(params), zero(), zero(), ema)
+
+
+def make_train_step(problem: Problem, optimizer, base_key, loss: str = "variance", ema_decay: float = 0.0):
+    """The update ``(state, batch) -> (state, loss)`` (to be jitted).
+
+    ``batch = (moduli (P, m), zs (P, B, n), patch (P, B), weights (P, B))``; ``loss`` a
+    key of :data:`cyflat.ml.LOSSES`.  A non-finite loss or gradient skips the update
+    (parameters, optimiser state and average unchanged) and is counted in
+    ``bad_streak``/``bad_total``.  If ``state.ema`` is not None it is moved towards the
+    new parameters by ``1 - ema_decay``.
     """
     h_fn = h_function(problem)
     metric = problem.metric
@@ -276,12 +294,17 @@ def make_train_step(problem: Problem, optimizer, base_key, loss: str = "variance
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         keep = lambda new, old: jnp.where(finite, new, old)  # noqa: E731
+        params = jax.tree_util.tree_map(keep, params, state.params)
+        ema = state.ema
+        if ema is not None:
+            ema = jax.tree_util.tree_map(lambda e, p: e + (1 - ema_decay) * (p - e), ema, params)
         new = TrainState(
             state.step + 1,
-            jax.tree_util.tree_map(keep, params, state.params),
+            params,
             jax.tree_util.tree_map(keep, opt_state, state.opt_state),
             jnp.where(finite, 0, state.bad_streak + 1),
             state.bad_total + (~finite).astype(state.bad_total.dtype),
+            ema,
         )
         return new, loss
 
@@ -318,6 +341,8 @@ def save_checkpoint(run_dir: Path, state: TrainState, elapsed: float, chash: str
         "params": serialization.to_state_dict(host.params),
         "opt_state": serialization.to_state_dict(host.opt_state),
     }
+    if host.ema is not None:
+        payload["ema"] = serialization.to_state_dict(host.ema)
     atomic_write_bytes(run_dir / CHECKPOINT, serialization.msgpack_serialize(payload))
 
 
@@ -333,18 +358,25 @@ def load_checkpoint(run_dir: Path, template: TrainState, chash: str):
         raise ValueError(
             f"checkpoint {path} was written with a different config (variety/moduli/model/dtype changed)"
         )
+    if template.ema is not None and "ema" not in payload:
+        raise ValueError(
+            f"checkpoint {path} holds no parameter average: the run was trained with train.ema_decay=0"
+        )
     try:
         params = serialization.from_state_dict(template.params, payload["params"])
         opt_state = serialization.from_state_dict(template.opt_state, payload["opt_state"])
+        ema = None if template.ema is None else serialization.from_state_dict(template.ema, payload["ema"])
     except Exception as err:
         raise ValueError(f"checkpoint {path} does not match the model of this config: {err}") from None
     step = payload["step"]
+    as_arrays = lambda tree: jax.tree_util.tree_map(jnp.asarray, tree)  # noqa: E731
     state = TrainState(
         jnp.asarray(step, jnp.int32),
-        jax.tree_util.tree_map(jnp.asarray, params),
-        jax.tree_util.tree_map(jnp.asarray, opt_state),
+        as_arrays(params),
+        as_arrays(opt_state),
         jnp.asarray(0, jnp.int32),
         jnp.asarray(payload["bad_total"], jnp.int32),
+        None if ema is None else as_arrays(ema),
     )
     return state, payload["elapsed"]
 
@@ -389,7 +421,7 @@ class MetricsLog:
 @dataclass
 class FitResult:
     run_dir: Path
-    params: Any
+    params: Any  # the parameters to use: their moving average with train.ema_decay > 0
     steps: int
     elapsed: float
     stopped: str  # "steps", "time", "failed"
@@ -450,10 +482,7 @@ def _fit(cfg: Config, resume, progress, evaluate):
     key = jax.random.PRNGKey(t.seed)
     k_init, k_drop, k_val = jax.random.split(jax.random.fold_in(key, 1), 3)
     optimizer = make_optimizer(cfg)
-    params = init_params(cfg, problem, k_init)
-    state = TrainState(
-        jnp.asarray(0, jnp.int32), params, optimizer.init(params), jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32)
-    )
+    state = initial_state(cfg, init_params(cfg, problem, k_init), optimizer)
     elapsed0 = 0.0
     if resume:
         state, elapsed0 = load_checkpoint(run_dir, state, chash)
@@ -466,7 +495,7 @@ def _fit(cfg: Config, resume, progress, evaluate):
         batch_size=t.batch_points, buffer_size=t.buffer_size, device=batch_sharding,
         dtype=problem.cdtype, start_step=start_step,
     )
-    step_fn, _ = make_train_step(problem, optimizer, k_drop, cfg.train.loss)
+    step_fn, _ = make_train_step(problem, optimizer, k_drop, t.loss, t.ema_decay)
     step_jit = jax.jit(step_fn, donate_argnums=0)
 
     # Fixed validation set: moduli and points drawn once.
@@ -527,7 +556,7 @@ def _fit(cfg: Config, resume, progress, evaluate):
                     "rejected_points": int(sampler.n_failed_total),
                 }
                 if is_val:
-                    last_val = float(val_sigma(state.params))
+                    last_val = float(val_sigma(state.eval_params))
                     record["val_sigma"] = last_val
                 left = (t.steps - step) / max(rate, 1e-9)
                 left = min(left, time_limit - elapsed)
@@ -555,14 +584,14 @@ def _fit(cfg: Config, resume, progress, evaluate):
             )
         if losses:
             log.write({"step": step, "loss": float(jnp.mean(jnp.stack(losses))), "elapsed": round(elapsed, 3),
-                       "val_sigma": float(val_sigma(state.params)), "skipped_steps": int(state.bad_total),
+                       "val_sigma": float(val_sigma(state.eval_params)), "skipped_steps": int(state.bad_total),
                        "rejected_points": int(sampler.n_failed_total)})
         save_checkpoint(run_dir, state, elapsed, chash)
     finally:
         bar.close()
         log.close()
 
-    params = jax.device_get(state.params)
+    params = jax.device_get(state.eval_params)
     summary = None
     if evaluate:
         summary = ev.evaluate_params(cfg, problem, params, run_dir, steps=step, elapsed=elapsed, stopped=stopped)
