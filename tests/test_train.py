@@ -95,7 +95,7 @@ def test_resume_continues_same_trajectory(tmp_path, monkeypatch):
 
 
 def test_resume_rejects_other_config(tmp_path):
-    cfg = tiny(tmp_path, "r", "train.steps=8")
+    cfg = tiny(tmp_path, "r", "train.steps=8", "train.ema_decay=0")
     tr.fit(cfg, progress=False, evaluate=False)
     other = tiny(tmp_path, "r", "train.steps=8", "model.layers=[4]")
     with pytest.raises(ValueError, match="different config"):
