@@ -81,7 +81,8 @@ def test_lines_through_the_node_and_nearly_tangent(dtype):
     from cyflat.variety import _residual_tol, _sample_chunk, newton_distance
 
     X, coeffs, pq = _constructed_lines(dtype)
-    zs, patch, _, w, ok = jax.jit(lambda pq: _sample_chunk(X.poly, pq, coeffs, dtype))(pq)
+    line_coeffs = jnp.broadcast_to(coeffs, (pq.shape[-1], coeffs.shape[-1]))  # every line: the same member
+    zs, patch, _, w, ok = jax.jit(lambda pq: _sample_chunk(X.poly, pq, line_coeffs, dtype))(pq)
     zs = jnp.moveaxis(zs, 0, -1)  # (lines, D, n)
     zh = cyflat.projective.affine_to_hom(zs.astype(jnp.complex128), patch)
     c64 = X.poly.coefficients(jnp.array([1.0 + 0j]), jnp.complex128)

@@ -405,6 +405,12 @@ _POLISH_STEPS = 1
 _CHUNK_LINES = 4096
 
 
+def _chunk_lines() -> int:
+    """Lines per chunk: 4096 keeps a chunk in the CPU caches; accelerators want larger
+    chunks (fewer sequential loop iterations, e.g. for a training buffer of many moduli)."""
+    return _CHUNK_LINES if jax.default_backend() == "cpu" else 16 * _CHUNK_LINES
+
+
 def _sample_chunk(poly: Polynomial, pq, coeffs, dtype):
     """Intersect Lc lines p + t q with X: pq (2, n+1, Lc) -> per-point arrays (Lc, D).
 
@@ -484,7 +490,7 @@ def _sample_lines(variety: Hypersurface, key, params, count: int, dtype):
     All lines of all moduli values are intersected together, so that a batch of many
     moduli with few points each runs at the speed of one large sample: every line
     carries the coefficients of its own member of the family, and the lines are
-    processed in C >= 2 chunks of about _CHUNK_LINES by a ``lax.map``.  Besides bounding
+    processed in C >= 2 chunks of about :func:`_chunk_lines` lines by a ``lax.map``.  Besides bounding
     memory and the root finder's iterations (each chunk iterates until its own roots
     converge), the loop makes XLA materialise the per-point results and the random
     lines.  (Within one fused computation XLA's CPU backend re-evaluates cheap
@@ -505,7 +511,7 @@ def _sample_lines(variety: Hypersurface, key, params, count: int, dtype):
     lines = -(-count // D)
     spare = max(2, math.ceil(0.02 * lines))
     L = lines + spare  # lines per moduli value
-    C = max(2, round(Mb * L / _CHUNK_LINES))
+    C = max(2, round(Mb * L / _chunk_lines()))
     Lc = -(-(Mb * L) // C)
     coeffs = jax.vmap(lambda p: poly.coefficients(p, dtype))(params)  # (M, T)
     owner = jnp.minimum(jnp.arange(C * Lc, dtype=jnp.int32) // L, Mb - 1)  # moduli index per line
