@@ -123,6 +123,12 @@ def test_nan_batch_skips_update(tmp_path):
                                  buffer_size=2, dtype=problem.cdtype)
     good = next(sampler)
     bad = (good[0], good[1], good[2], good[3].at[0, 0].set(jnp.nan))
+    # one good step first, so that the average differs from the parameters
+    state, _ = step(state, next(sampler))
+    assert int(state.bad_total) == 0 and not all(
+        np.array_equal(np.asarray(e), np.asarray(p))
+        for e, p in zip(jax.tree_util.tree_leaves(state.ema), jax.tree_util.tree_leaves(state.params))
+    )
     new, loss = step(state, bad)
     assert not np.isfinite(float(loss))
     assert int(new.bad_streak) == 1 and int(new.bad_total) == 1

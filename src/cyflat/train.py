@@ -297,7 +297,7 @@ def make_train_step(problem: Problem, optimizer, base_key, loss: str = "variance
         params = jax.tree_util.tree_map(keep, params, state.params)
         ema = state.ema
         if ema is not None:
-            ema = jax.tree_util.tree_map(lambda e, p: e + (1 - ema_decay) * (p - e), ema, params)
+            ema = jax.tree_util.tree_map(lambda e, p: keep(e + (1 - ema_decay) * (p - e), e), ema, params)
         new = TrainState(
             state.step + 1,
             params,
