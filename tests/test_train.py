@@ -202,6 +202,16 @@ SHARD_SCRIPT = textwrap.dedent(
     assert abs(float(l1) - float(l4)) <= 1e-12 * abs(float(l1)), (float(l1), float(l4))
     for a, b in zip(jax.tree_util.tree_leaves(s1.params), jax.tree_util.tree_leaves(s4.params)):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-10, atol=1e-12)
+    # the sampler places batches itself, and refuses a moduli batch the mesh cannot split
+    placed = next(tr.ml.BatchSampler(0, problem.variety, problem.moduli_sampler, batch_size_params=4, batch_size=64,
+                                     buffer_size=2, dtype=problem.cdtype, device=batch_sh))
+    assert len(placed[1].sharding.device_set) == 4 and placed[0].shape == (4, 1)
+    try:
+        tr.ml.BatchSampler(0, problem.variety, problem.moduli_sampler, batch_size_params=3, batch_size=64,
+                           buffer_size=2, dtype=problem.cdtype, device=batch_sh)
+        raise AssertionError("P = 3 over 4 devices was accepted")
+    except ValueError as err:
+        assert "multiple of the 4 devices" in str(err), err
     print("SHARDED-OK", float(l1), float(l4))
     """
 )

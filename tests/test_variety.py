@@ -498,12 +498,22 @@ def test_presets_reject_bad_dimension():
         ("fermat", None, "10", {}, "count must be a positive integer"),
         ("fermat", None, True, {}, "count must be a positive integer"),
         ("fermat", None, 10, {"dtype": jnp.float64}, "dtype must be complex"),
+        ("dwork", np.zeros((0, 1)), 10, {}, "empty batch of moduli"),
     ],
 )
 def test_bad_sampling_arguments_raise_value_error(variety, params, count, kwargs, match):
     v = {"dwork": cyflat.Dwork(3), "fermat": cyflat.Fermat(3), "twoparam": cyflat.TwoParameterQuintic()}[variety]
     with pytest.raises(ValueError, match=match):
         v.sample(jax.random.PRNGKey(0), params, count, **kwargs)
+
+
+def test_integer_key_and_complex128_without_x64_raise_value_error():
+    v = cyflat.Fermat(3)
+    with pytest.raises(ValueError, match="PRNG key"):
+        v.sample(0, None, 10)
+    with jax.enable_x64(False):  # JAX would silently compute in complex64
+        with pytest.raises(ValueError, match="needs 64-bit JAX"):
+            v.sample(jax.random.PRNGKey(0), None, 10, dtype=jnp.complex128)
 
 
 def test_wrong_point_shapes_raise_value_error():

@@ -480,15 +480,18 @@ def _det_metric_fwd(big, xr, xi, k):
     det = _det_hermitian(gr, gi, d)
     phi = Gr[0, 0]
     u = jnp.stack([jax.lax.complex(Gr[a, 0], Gi[a, 0]) for a in range(1, A)], axis=-1) / phi[:, None]  # (B, d)
-    s_inv = _inv_hermitian(gr, gi, d, det) / (jnp.pi * k * phi)[:, None, None]  # S^-1 (B, d, d)
-    return det, (xr, xi, y, phi, u, s_inv, det)
+    # det g * S^-1 = adj(g) / (pi k phi): kept without the division by det g, so that the
+    # cotangent stays finite where g is singular (det g = 0).
+    det_s_inv = _adj_hermitian(gr, gi, d, det) / (jnp.pi * k * phi)[:, None, None]  # (B, d, d)
+    return det, (xr, xi, y, phi, u, det_s_inv, det)
 
 
 def _det_metric_bwd(k, res, ct):
     r"""Cotangents of ``det g`` for (real form of H, Re X, Im X).
 
     With ``G = X H X^dagger`` ((d+1) x (d+1)), ``phi = G_00`` and the Schur complement
-    ``S = pi k phi g``: ``det g = det G / ((pi k)^d phi^{d+1})``, so
+    ``S = pi k phi g``: ``det g = det G / ((pi k)^d phi^{d+1})``, so (``S^{-1}`` enters
+    only as ``det g S^{-1} = adj(g) / (pi k phi)``, finite where g is singular)
     ``d log det g = tr(W dG)`` with ``W = G^{-1} - (d+1)/phi e_0 e_0^T
     = Q S^{-1} Q^dagger - d/phi e_0 e_0^T``, ``Q^dagger X = T`` (rows
     ``t_a = D_a s - u_a s``, ``u_a = G_a0 / phi``).  Hence, with ``c = ct * det g``,
@@ -500,14 +503,15 @@ def _det_metric_bwd(k, res, ct):
       the derivative of ``det g`` at ``(H + H^dagger) / 2``.)
     * X:  ``d L = 2 Re sum c (W X H) . dX``, i.e. cotangents ``2 c Re(W X H)``, ``2 c Im(W X H)``.
     """
-    xr, xi, y, phi, u, s_inv, det = res
+    xr, xi, y, phi, u, det_s_inv, det = res
     N = xr.shape[-1]
     d = xr.shape[-2] - 1
     c = ct * det
+    c_s_inv = ct[:, None, None] * det_s_inv  # c S^-1
     X = jax.lax.complex(xr, xi)  # (B, A, N)
     s = X[:, 0]
     t = X[:, 1:] - u[:, :, None] * s[:, None, :]  # (B, d, N)
-    z = c[:, None, None] * jnp.einsum("bij,bjn->bin", s_inv, t)
+    z = jnp.einsum("bij,bjn->bin", c_s_inv, t)
     z0 = (-d * c / phi)[:, None] * s
     rows = jnp.concatenate([s[:, None], t], axis=1).reshape(-1, N)
     zrows = jnp.concatenate([z0[:, None], z], axis=1).reshape(-1, N)
@@ -516,21 +520,22 @@ def _det_metric_bwd(k, res, ct):
     ct_big = lhs.T @ rhs  # [[Rr^T Zr, Rr^T Zi], [Ri^T Zr, Ri^T Zi]]
     # Points: W X H = Q S^-1 Q^dagger (X H) - d/phi e_0 (s H).
     xh = jax.lax.complex(y[..., :N], y[..., N:])  # (B, A, N)
-    v = jnp.einsum("bij,bjn->bin", s_inv, xh[:, 1:] - u[:, :, None] * xh[:, :1])
-    row0 = (-d / phi)[:, None] * xh[:, 0] - jnp.einsum("ba,ban->bn", jnp.conj(u), v)
-    wxh = (2 * c)[:, None, None] * jnp.concatenate([row0[:, None], v], axis=1)
+    v = jnp.einsum("bij,bjn->bin", c_s_inv, xh[:, 1:] - u[:, :, None] * xh[:, :1])
+    row0 = (-d * c / phi)[:, None] * xh[:, 0] - jnp.einsum("ba,ban->bn", jnp.conj(u), v)
+    wxh = 2 * jnp.concatenate([row0[:, None], v], axis=1)  # 2 c W X H
     return ct_big, jnp.real(wxh), jnp.imag(wxh)
 
 
 _det_metric.defvjp(_det_metric_fwd, _det_metric_bwd)
 
 
-def _inv_hermitian(gr, gi, d, det):
-    """Inverse of the hermitian d x d matrix with entries ``gr``, ``gi`` and determinant
-    ``det`` -> complex (B, d, d) (adjugate in closed form for d <= 3)."""
+def _adj_hermitian(gr, gi, d, det):
+    """Adjugate ``det(g) g^{-1}`` of the hermitian d x d matrix with entries ``gr``, ``gi``
+    and determinant ``det`` -> complex (B, d, d); closed form for d <= 3 (finite also where
+    g is singular), ``det * inv(g)`` above."""
     g = {key: jax.lax.complex(gr[key], gi[key]) for key in gr}
     if d == 1:
-        return (1 / g[0, 0])[:, None, None]
+        return jnp.ones_like(g[0, 0])[:, None, None]
     if d == 2:
         adj = [[g[1, 1], -g[0, 1]], [-g[1, 0], g[0, 0]]]
     elif d == 3:
@@ -542,9 +547,9 @@ def _inv_hermitian(gr, gi, d, det):
         i12 = g[0, 2] * g[1, 0] - g[0, 0] * g[1, 2]
         adj = [[i00, i01, i02], [jnp.conj(i01), i11, i12], [jnp.conj(i02), jnp.conj(i12), i22]]
     else:
-        return jnp.linalg.inv(jnp.stack([jnp.stack([g[a, b] for b in range(d)], axis=-1) for a in range(d)], axis=-2))
-    inv = 1 / det
-    return jnp.stack([jnp.stack([adj[a][b] * inv for b in range(d)], axis=-1) for a in range(d)], axis=-2)
+        full = jnp.stack([jnp.stack([g[a, b] for b in range(d)], axis=-1) for a in range(d)], axis=-2)
+        return det[:, None, None] * jnp.linalg.inv(full)
+    return jnp.stack([jnp.stack([adj[a][b] for b in range(d)], axis=-1) for a in range(d)], axis=-2)
 
 
 def _stack_entries(e, d):

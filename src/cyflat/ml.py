@@ -35,6 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from .variety import sample_dtype
+
 __all__ = [
     "BatchSampler",
     "HNetMLP",
@@ -253,8 +255,9 @@ class BatchSampler:
         batch_size: B.
         buffer_size: number of batches generated per compiled call.
         device: where batches are placed (``jax.device_put``): a ``jax.Device``, or a
-            ``jax.sharding.Sharding`` describing one batch's arrays (a ``NamedSharding``
-            is truncated to each array's rank).  Every batch of a buffer is placed when
+            ``jax.sharding.Sharding`` describing one batch's arrays (a ``NamedSharding``'s
+            spec names the moduli axis and optionally the points axis; ``params`` get
+            only the first; P and B must divide over the named mesh axes).  Every batch of a buffer is placed when
             the buffer is generated.  None keeps the arrays on JAX's default device,
             where they are computed.
         dtype: complex64 or complex128 for points and moduli (default: JAX's default
@@ -291,9 +294,7 @@ class BatchSampler:
         P = self.batch_size_params = _positive_int("batch_size_params", batch_size_params)
         B = self.batch_size = _positive_int("batch_size", batch_size)
         S = self.buffer_size = _positive_int("buffer_size", buffer_size)
-        cdtype = jnp.dtype(jnp.result_type(complex) if dtype is None else dtype)
-        if not jnp.issubdtype(cdtype, jnp.complexfloating):
-            raise ValueError(f"dtype must be complex64 or complex128, got {cdtype}")
+        cdtype = sample_dtype(dtype)
         m = variety.num_params
         if params_sampler is None and m:
             raise ValueError(f"params_sampler is required: the variety has {m} moduli")
@@ -303,7 +304,7 @@ class BatchSampler:
         self.device = device
         self.prefetch = bool(prefetch)
         self._config = (variety, params_sampler, P, B, S, cdtype)
-        self._place = self._placement(device)
+        self._place = self._placement(device, P, B)
         if isinstance(start_step, bool) or not isinstance(start_step, (int, np.integer)) or start_step < 0:
             raise ValueError(f"start_step must be a non-negative integer, got {start_step!r}")
         self._root_key = _as_key(seed)
@@ -318,21 +319,32 @@ class BatchSampler:
         self._index0 = self._index  # batches of the first buffer skipped by start_step
 
     @staticmethod
-    def _placement(device):
-        """-> function placing a tree of batches (arrays with the batch's own shapes)."""
+    def _placement(device, P, B):
+        """-> function placing a list of batches ``(params, zs, patch, weights, n_failed)``."""
         if device is None:
-            return lambda tree: tree
+            return lambda batches: batches
         if isinstance(device, jax.sharding.NamedSharding):
             mesh, spec = device.mesh, tuple(device.spec)
+            for axis, size, what in zip(spec[:2], (P, B), ("batch_size_params", "batch_size")):
+                names = () if axis is None else (axis,) if isinstance(axis, str) else tuple(axis)
+                devices = math.prod(mesh.shape[name] for name in names)
+                if size % devices:
+                    raise ValueError(
+                        f"{what} = {size} must be a multiple of the {devices} devices of mesh axes {names} in `device`"
+                    )
 
-            def put(tree):  # the batch's spec, truncated to each array's rank
-                return jax.tree_util.tree_map(
-                    lambda a: jax.device_put(a, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec[: a.ndim]))),
-                    tree,
-                )
+            def sharding(ndim):  # the batch's spec on its (moduli, points) axes
+                return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec[:ndim]))
+
+            def put(batches):  # params (P, m) and n_failed (P,) only have the moduli axis
+                ranks = (1, None, None, None, 1)
+                return [
+                    tuple(jax.device_put(a, sharding(min(r or a.ndim, a.ndim))) for a, r in zip(batch, ranks))
+                    for batch in batches
+                ]
 
             return put
-        return lambda tree: jax.device_put(tree, device)
+        return lambda batches: jax.device_put(batches, device)
 
     @property
     def compile_count(self) -> int:

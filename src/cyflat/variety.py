@@ -279,10 +279,11 @@ class Hypersurface:
             :class:`Sample` with leading axes ``params.shape[:-1]``.
         """
         count = _check_count(count)
-        cdtype = jnp.dtype(jnp.result_type(complex) if dtype is None else dtype)
-        if not jnp.issubdtype(cdtype, jnp.complexfloating):
-            raise ValueError(f"dtype must be complex64 or complex128, got {cdtype}")
+        cdtype = sample_dtype(dtype)
+        key = _check_key(key)
         params = self.check_params(params, cdtype).astype(cdtype)
+        if 0 in params.shape[:-1]:
+            raise ValueError(f"params has an empty batch of moduli (shape {params.shape})")
         return _sample_jit(self, key, params, count, cdtype)
 
     def sample_intersect(self, key, params, count, affine=False, weights=False, dtype=None):
@@ -331,6 +332,30 @@ def weighted_mean_estimate(f, w, n_failed, scale=1.0) -> MCEstimate:
     wz = jnp.where(ok, w, 0)
     ess = jnp.sum(wz, axis=-1) ** 2 / jnp.sum(wz**2, axis=-1)
     return MCEstimate(scale * mean, scale * stderr, ess, n_failed)
+
+
+def sample_dtype(dtype):
+    """The complex dtype for sampled points: ``dtype`` or JAX's default complex type.
+
+    Raises ValueError for a non-complex dtype, and for complex128 while JAX runs in 32-bit
+    mode (JAX would silently compute in complex64, and every point would fail the
+    float64 residual tolerance).
+    """
+    cdtype = jnp.dtype(jnp.result_type(complex) if dtype is None else dtype)
+    if not jnp.issubdtype(cdtype, jnp.complexfloating):
+        raise ValueError(f"dtype must be complex64 or complex128, got {cdtype}")
+    if jnp.dtype(jax.dtypes.canonicalize_dtype(cdtype)) != cdtype:
+        raise ValueError(
+            f"dtype {cdtype} needs 64-bit JAX: call jax.config.update('jax_enable_x64', True) "
+            "or work inside `with jax.enable_x64(True):`"
+        )
+    return cdtype
+
+
+def _check_key(key):
+    if isinstance(key, (int, np.integer)):
+        raise ValueError(f"key must be a JAX PRNG key, e.g. jax.random.PRNGKey({key}), got the integer {key}")
+    return key
 
 
 def _check_count(count):
