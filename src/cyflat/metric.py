@@ -490,8 +490,7 @@ def _det_metric_bwd(k, res, ct):
     r"""Cotangents of ``det g`` for (real form of H, Re X, Im X).
 
     With ``G = X H X^dagger`` ((d+1) x (d+1)), ``phi = G_00`` and the Schur complement
-    ``S = pi k phi g``: ``det g = det G / ((pi k)^d phi^{d+1})``, so (``S^{-1}`` enters
-    only as ``det g S^{-1} = adj(g) / (pi k phi)``, finite where g is singular)
+    ``S = pi k phi g``: ``det g = det G / ((pi k)^d phi^{d+1})``, so
     ``d log det g = tr(W dG)`` with ``W = G^{-1} - (d+1)/phi e_0 e_0^T
     = Q S^{-1} Q^dagger - d/phi e_0 e_0^T``, ``Q^dagger X = T`` (rows
     ``t_a = D_a s - u_a s``, ``u_a = G_a0 / phi``).  Hence, with ``c = ct * det g``,
@@ -502,6 +501,9 @@ def _det_metric_bwd(k, res, ct):
       ``(Re K, Im K)``.  (Exact along hermitian dH, the only directions H takes; it is
       the derivative of ``det g`` at ``(H + H^dagger) / 2``.)
     * X:  ``d L = 2 Re sum c (W X H) . dX``, i.e. cotangents ``2 c Re(W X H)``, ``2 c Im(W X H)``.
+
+    ``S^{-1}`` enters only as ``c S^{-1} = ct adj(g) / (pi k phi)``: no division by det g,
+    so the cotangents stay finite where g is singular.
     """
     xr, xi, y, phi, u, det_s_inv, det = res
     N = xr.shape[-1]
@@ -537,19 +539,22 @@ def _adj_hermitian(gr, gi, d, det):
     if d == 1:
         return jnp.ones_like(g[0, 0])[:, None, None]
     if d == 2:
-        adj = [[g[1, 1], -g[0, 1]], [-g[1, 0], g[0, 0]]]
+        adj = {(0, 0): g[1, 1], (0, 1): -g[0, 1], (1, 1): g[0, 0]}
     elif d == 3:
-        i00 = g[1, 1] * g[2, 2] - g[1, 2] * g[2, 1]
-        i11 = g[0, 0] * g[2, 2] - g[0, 2] * g[2, 0]
-        i22 = g[0, 0] * g[1, 1] - g[0, 1] * g[1, 0]
-        i01 = g[0, 2] * g[2, 1] - g[0, 1] * g[2, 2]
-        i02 = g[0, 1] * g[1, 2] - g[0, 2] * g[1, 1]
-        i12 = g[0, 2] * g[1, 0] - g[0, 0] * g[1, 2]
-        adj = [[i00, i01, i02], [jnp.conj(i01), i11, i12], [jnp.conj(i02), jnp.conj(i12), i22]]
+        adj = {
+            (0, 0): g[1, 1] * g[2, 2] - g[1, 2] * g[2, 1],
+            (1, 1): g[0, 0] * g[2, 2] - g[0, 2] * g[2, 0],
+            (2, 2): g[0, 0] * g[1, 1] - g[0, 1] * g[1, 0],
+            (0, 1): g[0, 2] * g[2, 1] - g[0, 1] * g[2, 2],
+            (0, 2): g[0, 1] * g[1, 2] - g[0, 2] * g[1, 1],
+            (1, 2): g[0, 2] * g[1, 0] - g[0, 0] * g[1, 2],
+        }
     else:
-        full = jnp.stack([jnp.stack([g[a, b] for b in range(d)], axis=-1) for a in range(d)], axis=-2)
-        return det[:, None, None] * jnp.linalg.inv(full)
-    return jnp.stack([jnp.stack([adj[a][b] for b in range(d)], axis=-1) for a in range(d)], axis=-2)
+        return det[:, None, None] * jnp.linalg.inv(_stack_entries(g, d))
+    for a in range(d):  # hermitian: the lower triangle is the conjugate of the upper
+        for b in range(a):
+            adj[a, b] = jnp.conj(adj[b, a])
+    return _stack_entries(adj, d)
 
 
 def _stack_entries(e, d):

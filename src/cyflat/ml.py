@@ -232,8 +232,8 @@ class BatchSampler:
 
     One jit-compiled function fills a whole buffer of ``buffer_size`` batches at once
     (draw P moduli with ``params_sampler`` for each batch, then
-    :meth:`~cyflat.variety.Hypersurface.sample` B points for all of them in one pass).  Refills call the same
-    compiled function with a fresh key (``compile_count`` stays 1); samplers with the same
+    :meth:`~cyflat.variety.Hypersurface.sample` B points for all of them in one pass).
+    Refills call the same compiled function with a fresh key (``compile_count`` stays 1); samplers with the same
     configuration (variety, the same ``params_sampler`` object, sizes, dtype) share it.
     Buffer b is filled with the key ``jax.random.fold_in(key(seed), b)``, so the same
     seed always gives the same batches, with or without prefetching, and a run can resume
@@ -257,9 +257,9 @@ class BatchSampler:
         device: where batches are placed (``jax.device_put``): a ``jax.Device``, or a
             ``jax.sharding.Sharding`` describing one batch's arrays (a ``NamedSharding``'s
             spec names the moduli axis and optionally the points axis; ``params`` get
-            only the first; P and B must divide over the named mesh axes).  Every batch of a buffer is placed when
-            the buffer is generated.  None keeps the arrays on JAX's default device,
-            where they are computed.
+            only the first; P and B must divide over the named mesh axes).  Every batch
+            of a buffer is placed when the buffer is generated.  None keeps the arrays
+            on JAX's default device, where they are computed.
         dtype: complex64 or complex128 for points and moduli (default: JAX's default
             complex type).
         prefetch: dispatch the next buffer early (see above).
@@ -333,13 +333,12 @@ class BatchSampler:
                         f"{what} = {size} must be a multiple of the {devices} devices of mesh axes {names} in `device`"
                     )
 
-            def sharding(ndim):  # the batch's spec on its (moduli, points) axes
-                return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec[:ndim]))
+            moduli_only = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec[:1]))
+            points = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(*spec[:2]))
 
             def put(batches):  # params (P, m) and n_failed (P,) only have the moduli axis
-                ranks = (1, None, None, None, 1)
                 return [
-                    tuple(jax.device_put(a, sharding(min(r or a.ndim, a.ndim))) for a, r in zip(batch, ranks))
+                    tuple(jax.device_put(a, points if i in (1, 2, 3) else moduli_only) for i, a in enumerate(batch))
                     for batch in batches
                 ]
 
@@ -400,11 +399,9 @@ NEGATIVE_ETA_PENALTY = 10.0
 _FALLBACK_POINT = 0.31 + 0.17j
 
 
-def _eta_ratio(h, sample, algebraic_metric, name):
-    """Masked ``x = eta / |eta_bar|`` for one moduli value (see :func:`variance_eta_loss`).
-
-    Returns ``(x (B,), w (B,), wsum, corrupt)``: bad points have ``w = 0`` and ``x = 1``.
-    """
+def _ratio_loss(h, sample, algebraic_metric, negative_penalty, deviation, name):
+    """Weighted mean of ``deviation(x)`` plus the negative-eta penalty, with
+    ``x = eta / |eta_bar|`` masked as described in :func:`variance_eta_loss`."""
     if len(sample) != 4:
         raise ValueError(
             f"sample must be the tuple (params, zs, patch, weights) for one moduli value, got {len(sample)} "
@@ -440,7 +437,8 @@ def _eta_ratio(h, sample, algebraic_metric, name):
     scale = jnp.abs(eta_bar)
     scale = jnp.where((scale > 0) & jnp.isfinite(scale), scale, 1)
     x = eta / scale
-    return x, w, wsum, corrupt
+    loss = jnp.sum(w * deviation(x)) / wsum + negative_penalty * jnp.sum(w * jax.nn.relu(-x) ** 2) / wsum
+    return jnp.where(corrupt, jnp.asarray(jnp.nan, loss.dtype), loss)
 
 
 def variance_eta_loss(h, sample, algebraic_metric, negative_penalty=NEGATIVE_ETA_PENALTY):
@@ -482,11 +480,7 @@ def variance_eta_loss(h, sample, algebraic_metric, negative_penalty=NEGATIVE_ETA
     Returns:
         real scalar loss (dtype of eta).
     """
-    x, w, wsum, corrupt = _eta_ratio(h, sample, algebraic_metric, "variance_eta_loss")
-    variance = jnp.sum(w * (x - 1) ** 2) / wsum
-    penalty = jnp.sum(w * jax.nn.relu(-x) ** 2) / wsum
-    loss = variance + negative_penalty * penalty
-    return jnp.where(corrupt, jnp.asarray(jnp.nan, loss.dtype), loss)
+    return _ratio_loss(h, sample, algebraic_metric, negative_penalty, lambda x: (x - 1) ** 2, "variance_eta_loss")
 
 
 def sigma_loss(h, sample, algebraic_metric, negative_penalty=NEGATIVE_ETA_PENALTY):
@@ -508,11 +502,7 @@ def sigma_loss(h, sample, algebraic_metric, negative_penalty=NEGATIVE_ETA_PENALT
     gradient of ``|x - 1|`` is ``sign(x - 1)``: use an adaptive optimiser (Adam).
     Invariant under ``H -> c H``; 0 iff eta is constant and positive on the weighted points.
     """
-    x, w, wsum, corrupt = _eta_ratio(h, sample, algebraic_metric, "sigma_loss")
-    deviation = jnp.sum(w * jnp.abs(x - 1)) / wsum
-    penalty = jnp.sum(w * jax.nn.relu(-x) ** 2) / wsum
-    loss = deviation + negative_penalty * penalty
-    return jnp.where(corrupt, jnp.asarray(jnp.nan, loss.dtype), loss)
+    return _ratio_loss(h, sample, algebraic_metric, negative_penalty, lambda x: jnp.abs(x - 1), "sigma_loss")
 
 
 #: Training losses by name (``train.loss`` in the config).

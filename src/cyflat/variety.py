@@ -515,10 +515,10 @@ def _sample_lines(variety: Hypersurface, key, params, count: int, dtype):
     All lines of all moduli values are intersected together, so that a batch of many
     moduli with few points each runs at the speed of one large sample: every line
     carries the coefficients of its own member of the family, and the lines are
-    processed in C >= 2 chunks of about :func:`_chunk_lines` lines by a ``lax.map``.  Besides bounding
-    memory and the root finder's iterations (each chunk iterates until its own roots
-    converge), the loop makes XLA materialise the per-point results and the random
-    lines.  (Within one fused computation XLA's CPU backend re-evaluates cheap
+    processed in C >= 2 chunks of about :func:`_chunk_lines` lines by a ``lax.map``.
+    Besides bounding memory and the root finder's iterations (each chunk iterates until
+    its own roots converge), the loop makes XLA materialise the per-point results and
+    the random lines.  (Within one fused computation XLA's CPU backend re-evaluates cheap
     elementwise producers inside every consumer, and ``optimization_barrier`` does not
     stop it there; with C = 1 the loop would be inlined.)
 
@@ -548,10 +548,10 @@ def _sample_lines(variety: Hypersurface, key, params, count: int, dtype):
     pq = jax.lax.complex(x[:, :, :, 0], x[:, :, :, 1])  # (C, 2, n+1, Lc)
     out = jax.lax.map(lambda a: _sample_chunk(poly, a[0], a[1], dtype), (pq, line_coeffs))
     zs, patch, dependent, w, ok = out  # zs (C, n, Lc, D), others (C, Lc, D)
-    P = L * D  # candidate points per moduli value
+    per = L * D  # candidate points per moduli value
 
     def per_moduli(a):  # (C, Lc, D) -> (M, L D), dropping the padding lines
-        return a.reshape(C * Lc * D)[: Mb * P].reshape(Mb, P)
+        return a.reshape(C * Lc * D)[: Mb * per].reshape(Mb, per)
 
     ok = per_moduli(ok)
     idx, filled = jax.vmap(lambda o: _compact_indices(o, count))(ok)  # (M, count)
